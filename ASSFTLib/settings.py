@@ -1,0 +1,149 @@
+"""The one settings object.
+
+Every constant of the method (``../shared/SPEC.md``) and every knob of the
+pipeline is a plain field here with its documented default.  Settings are
+validated once, saved as JSON in the workspace (``settings.json``) and read by
+the command line, the worker and the Slicer panel alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ASSFTError
+
+#: Fields that change what a scoring pass computes; their hash keys the score cache.
+SCORING_FIELDS = (
+    "divergence_mode", "tta_flips", "fg_threshold", "roi_dilation", "roi_min_fraction",
+    "roi_fallback_fraction", "mc_dropout_samples", "sw_overlap", "sw_batch_size",
+)
+
+
+@dataclass
+class Settings:
+    # --- ATSQ (SPEC.md: DKD, ASD, ATSQ) ---
+    divergence_mode: str = "auto"          # auto | bnstats | pretext | drift
+    tta_flips: bool = True                  # T = 4: identity + flip along each axis
+    fg_threshold: float = 0.5               # tau_fg
+    roi_dilation: int = 2                   # r voxels
+    roi_min_fraction: float = 0.001         # n_min as a fraction of the volume
+    roi_fallback_fraction: float = 0.005    # top 0.5% voxels by foreground probability
+    query_weight: float = 0.5               # w
+    diversity_gamma: float = 1.0            # gamma
+    mc_dropout_samples: int = 0             # BALD samples; 0 = only when the strategy asks
+    strategy: str = "atsq"                  # atsq | random | entropy | bald | coreset | dkd | asd
+    budget: int = 2                         # b volumes per round
+
+    # --- SSFT (SPEC.md: SSFT) ---
+    confidence_threshold: float = 0.90      # tau_c
+    distance_percentile: float = 90.0       # tau_d = this percentile of NN distances within L
+    pseudo_ratio: float = 2.0               # rho: at most rho * |L| pseudo-labels
+    voxel_confidence: float = 0.7           # tau_v
+    pseudo_weight_max: float = 0.5          # lambda_max
+    pseudo_ramp_fraction: float = 0.2       # ramp over the first 20% of steps
+    use_ssft: bool = True
+
+    # --- fine-tuning ---
+    finetune_mode: str = "full"             # full | frozen_encoder | restart
+    encoder_lr_ratio: float = 0.1
+    learning_rate: float = 1e-3
+    steps: int = 200
+    batch_size: int = 2
+    patch_size: tuple = (32, 48, 32)
+    weight_decay: float = 1e-5
+    amp: bool = True                        # automatic mixed precision on CUDA only
+    kfold_min_labels: int = 5               # quality signal: k-fold over L once |L| >= this
+    seed: int = 0
+
+    # --- inference ---
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 4
+
+    # --- environment ---
+    device: str = "auto"                    # auto | cpu | cuda | cuda:N
+    python_executable: str = ""             # empty: the Python running ASSFT
+    num_threads: int = 0                    # 0: torch's default
+
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(int(v) for v in self.patch_size)
+        self.validate()
+
+    # ------------------------------------------------------------------
+    def validate(self) -> "Settings":
+        def check(cond: bool, what: str) -> None:
+            if not cond:
+                raise ASSFTError(f"invalid setting: {what}", hint="fix settings.json or the command-line option")
+
+        check(self.divergence_mode in ("auto", "bnstats", "pretext", "drift"),
+              f"divergence_mode={self.divergence_mode!r} (auto, bnstats, pretext or drift)")
+        check(self.strategy in ("atsq", "random", "entropy", "bald", "coreset", "dkd", "asd"),
+              f"strategy={self.strategy!r}")
+        check(self.finetune_mode in ("full", "frozen_encoder", "restart"), f"finetune_mode={self.finetune_mode!r}")
+        for name in ("fg_threshold", "query_weight", "confidence_threshold", "voxel_confidence",
+                     "pseudo_ramp_fraction", "sw_overlap"):
+            v = getattr(self, name)
+            check(0.0 <= v <= 1.0 if name != "sw_overlap" else 0.0 <= v < 1.0, f"{name}={v} must lie in [0, 1]")
+        for name in ("roi_min_fraction", "roi_fallback_fraction"):
+            v = getattr(self, name)
+            check(0.0 < v <= 1.0, f"{name}={v} must lie in (0, 1]")
+        check(0.0 <= self.distance_percentile <= 100.0, f"distance_percentile={self.distance_percentile}")
+        for name in ("budget", "steps", "batch_size", "sw_batch_size"):
+            check(int(getattr(self, name)) >= 1, f"{name} must be at least 1")
+        for name in ("roi_dilation", "mc_dropout_samples", "num_threads", "kfold_min_labels"):
+            check(int(getattr(self, name)) >= 0, f"{name} must not be negative")
+        check(self.pseudo_ratio >= 0 and self.pseudo_weight_max >= 0 and self.diversity_gamma >= 0,
+              "pseudo_ratio, pseudo_weight_max and diversity_gamma must not be negative")
+        check(self.learning_rate > 0 and self.encoder_lr_ratio >= 0, "learning rates must be positive")
+        check(len(self.patch_size) == 3 and all(p >= 8 for p in self.patch_size),
+              f"patch_size={self.patch_size} must be three sizes of at least 8")
+        return self
+
+    # ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Settings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ASSFTError(f"unknown settings: {', '.join(unknown)}", hint="remove them or check their spelling")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return Settings.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: str | Path) -> None:
+        from .fileutil import atomic_write_text
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Settings":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise ASSFTError(f"settings file cannot be read: {exc}", path=path,
+                             hint="fix the JSON or delete the file to return to the defaults") from exc
+        return cls.from_dict(data)
+
+    def scoring_hash(self) -> str:
+        """Hash of the fields that change what a scoring pass computes (the score-cache key)."""
+        payload = json.dumps({k: self.to_dict()[k] for k in SCORING_FIELDS}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"

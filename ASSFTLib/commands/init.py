@@ -1,0 +1,34 @@
+"""`assft init`: create a workspace from a dataset folder."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("init", help="create a workspace from a dataset folder",
+                       description="Create a workspace (an SQLite database and folders for labels, models and "
+                                   "scores) from an MSD-layout dataset folder (dataset.json, imagesTr/, optional "
+                                   "labelsTr/) or a plain folder of NIfTI/NRRD volumes. Images stay where they are.")
+    p.add_argument("workspace", help="new or empty folder for the workspace")
+    p.add_argument("--dataset", required=True, help="dataset folder (MSD layout or a folder of volumes)")
+    p.add_argument("--model", help="foundation model checkpoint or MONAI bundle folder to register")
+    p.add_argument("--classes", help="comma-separated class names incl. background (default: from dataset.json)")
+    p.add_argument("--no-labels", dest="import_labels", action="store_false",
+                   help="do not use the dataset's labels as labels (they are still kept as reference labels)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..workspace import Workspace
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    ws = Workspace.create(args.workspace, dataset=args.dataset, import_labels=args.import_labels, classes=classes)
+    if args.model:
+        from ..models import load_model
+        load_model(args.model)  # refuse an unusable checkpoint before registering it
+        ws.register_model(args.model, kind="foundation")
+    s = ws.summary()
+    print(f"workspace {s['folder']}: {s['cases']} cases ({s['labeled']} labeled, {s['unlabeled']} unlabeled, "
+          f"{s['error']} with errors), classes {', '.join(s['classes'])}")
+    for problem in ws.import_problems:
+        print(f"  problem: {problem['path']}: {problem['message']}")
+    return 0

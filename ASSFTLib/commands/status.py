@@ -1,0 +1,44 @@
+"""`assft status`: cases, labels, rounds and the current model of a workspace."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("status", help="show cases, labels, rounds and the current model")
+    p.add_argument("workspace")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--cases", action="store_true", help="list every case")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..workspace import Workspace
+    with Workspace.open(args.workspace) as ws:
+        s = ws.summary()
+        rounds = ws.rounds()
+        if args.json:
+            s["rounds"] = [r.__dict__ for r in rounds]
+            s["case_list"] = [{"case_id": c.case_id, "status": c.status, "labeled_by": c.labeled_by,
+                               "error": c.error} for c in ws.cases()] if args.cases else None
+            print(json.dumps(s, indent=2, default=str))
+            return 0
+        print(f"workspace  {s['folder']}")
+        print(f"dataset    {s['dataset'] or '-'}")
+        print(f"classes    {', '.join(s['classes'])}")
+        print(f"cases      {s['cases']}: {s['labeled']} labeled, {s['unlabeled']} unlabeled, {s['error']} with errors")
+        m = s["current_model"]
+        desc = "none" if m is None else f"#{m['id']} {m['kind']} {m['checksum']} {m['path']}"
+        print(f"model      {desc}")
+        if m and m["metrics"]:
+            print("           " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in m["metrics"].items() if not isinstance(v, (dict, list))))
+        print(f"rounds     {len(rounds)}")
+        for r in rounds[-10:]:
+            print(f"  #{r.id:<3} {r.kind:<9} {r.status:<9} {r.started_at}")
+        if args.cases:
+            for c in ws.cases():
+                extra = f"  ({c.error})" if c.error else (f"  by {c.labeled_by}" if c.labeled_by else "")
+                print(f"  {c.case_id:<30} {c.status}{extra}")
+    return 0

@@ -1,0 +1,183 @@
+"""Workspace state: real SQLite, real files, real concurrent processes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ASSFTLib import io as vio
+from ASSFTLib.errors import LabelError, WorkspaceError
+from ASSFTLib.settings import Settings
+from ASSFTLib.workspace import Workspace
+
+
+def test_create_from_hippocampus(hippo_dir, tmp_path):
+    ws = Workspace.create(tmp_path / "ws", dataset=hippo_dir, import_labels=False)
+    cases = ws.cases()
+    assert len(cases) == 220
+    assert ws.classes == ["background", "Anterior", "Posterior"]
+    assert all(c.status == "unlabeled" and c.reference_label is not None for c in cases)
+    assert all(c.image_path.is_file() for c in cases)
+    assert ws.integrity_check() == []
+    # opening it again from another object sees the same state
+    assert len(Workspace.open(tmp_path / "ws").unlabeled_ids()) == 220
+
+
+def test_import_labels_marks_cases_labeled(synthetic_dataset, tmp_path):
+    ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset, import_labels=True)
+    assert len(ws.labeled_ids()) == len(ws.cases()) > 0
+    assert {c.labeled_by for c in ws.cases()} == {"dataset"}
+
+
+def test_label_save_restore_keeps_geometry_and_history(hippo_dir, tmp_path):
+    ws = Workspace.create(tmp_path / "ws", dataset=hippo_dir, import_labels=False)
+    case = ws.cases()[3]
+    image = vio.read_volume(case.image_path)
+    truth = vio.read_volume(case.reference_label, kind="label").array
+    path = ws.save_label(case.case_id, truth, affine=image.affine, user="dr_a")
+    assert path.parent == ws.folder / "labels"
+    saved = vio.read_volume(path, kind="label")
+    np.testing.assert_array_equal(saved.array, truth)
+    np.testing.assert_allclose(saved.affine, image.affine, atol=1e-5)
+    assert ws.case(case.case_id).labeled_by == "dr_a"
+    # a corrected label replaces it, and the first version is kept
+    corrected = truth.copy()
+    corrected[corrected == 2] = 1
+    ws.save_label(case.case_id, corrected, user="dr_b")
+    history = list((ws.folder / "labels" / ".history").iterdir())
+    assert len(history) == 1
+    np.testing.assert_array_equal(vio.read_volume(history[0], kind="label").array, truth)
+    np.testing.assert_array_equal(ws.read_label(case.case_id), corrected)
+    assert [h["saved_by"] for h in ws.label_history(case.case_id)] == ["dr_a", "dr_b"]
+
+
+def test_bad_labels_are_refused_and_nothing_is_lost(synthetic_dataset, tmp_path):
+    ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset, import_labels=False)
+    cid = ws.unlabeled_ids()[0]
+    image = vio.read_volume(ws.image_path(cid))
+    good = np.zeros(image.array.shape, np.uint8)
+    good[2:5, 2:5, 2:5] = 1
+    ws.save_label(cid, good)
+    with pytest.raises(LabelError, match="shape"):
+        ws.save_label(cid, np.zeros((3, 3, 3), np.uint8))
+    bad_values = good.copy()
+    bad_values[0, 0, 0] = 7
+    with pytest.raises(LabelError) as err:
+        ws.save_label(cid, bad_values)
+    assert cid in str(err.value) and "7" in str(err.value)
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 5.0
+    with pytest.raises(Exception) as err:
+        ws.save_label(cid, good, affine=shifted)
+    assert "origin" in str(err.value)
+    # the label saved before the refusals is intact and still current
+    np.testing.assert_array_equal(ws.read_label(cid), good)
+    assert not list((ws.folder / "labels").glob(".*.tmp*"))
+
+
+def test_models_scores_rounds_qa(synthetic_dataset, tmp_path):
+    ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset, import_labels=False)
+    assert ws.current_model() is None
+    ckpt = tmp_path / "weights.pt"
+    ckpt.write_bytes(b"not really a model, but a file with a checksum")
+    m0 = ws.register_model(ckpt, kind="foundation")
+    assert m0.path.parent == ws.folder / "models" and m0.path.read_bytes() == ckpt.read_bytes()
+    rid = ws.start_round("train", {"labels": 2})
+    ckpt.write_bytes(b"a second version")
+    m1 = ws.register_model(ckpt, round_id=rid, metrics={"quality_dice": 0.5})
+    ws.finish_round(rid, metrics={"loss": 0.1}, model_id=m1.id)
+    assert ws.current_model().id == m1.id and ws.foundation_model().id == m0.id
+    assert m1.parent_id == m0.id and m0.checksum != m1.checksum
+    assert ws.rounds("train")[0].status == "finished"
+    h = Settings().scoring_hash()
+    ws.put_scores(m1.checksum, h, {"a": {"K": 1.0}, "b": {"K": 2.0}})
+    assert ws.get_scores(m1.checksum, h) == {"a": {"K": 1.0}, "b": {"K": 2.0}}
+    assert ws.get_scores(m0.checksum, h) == {}
+    cid = ws.unlabeled_ids()[0]
+    ws.set_qa(cid, "rejected")
+    ws.set_qa(cid, "accepted")
+    assert ws.qa_decisions() == {cid: "accepted"}
+    with pytest.raises(WorkspaceError):
+        ws.set_qa("no-such-case", "accepted")
+    assert ws.integrity_check() == []
+
+
+def test_create_refuses_nonempty_folder_and_open_refuses_non_workspace(synthetic_dataset, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(WorkspaceError, match="not empty"):
+        Workspace.create(tmp_path / "busy", dataset=synthetic_dataset)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    with pytest.raises(WorkspaceError, match="not an ASSFT workspace"):
+        Workspace.open(tmp_path / "busy")
+
+
+_WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from ASSFTLib.workspace import Workspace
+    from ASSFTLib import io as vio
+    folder, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ws = Workspace.open(folder)
+    ids = ws.cases()
+    for i in range(n):
+        ws.put_scores("ck", "h", {f"{who}-{i}": {"i": i}})
+        case = ids[i % len(ids)]
+        if who == "w0":
+            shape = vio.read_volume(case.image_path).array.shape
+            ws.save_label(case.case_id, np.full(shape, i % 2, np.uint8), user=who)
+        ws.set_qa(case.case_id, "accepted" if i % 2 else "rejected", user=who)
+    print("done")
+""")
+
+
+def test_concurrent_writers_do_not_corrupt(synthetic_dataset, tmp_path):
+    """Three real processes (one saving labels, two writing scores and QA) on one workspace."""
+    Workspace.create(tmp_path / "ws", dataset=synthetic_dataset, import_labels=False)
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "ws"), f"w{k}", "25"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert out.strip() == "done"
+    ws = Workspace.open(tmp_path / "ws")
+    assert len(ws.get_scores("ck", "h")) == 75
+    assert ws.integrity_check() == []
+    assert len(ws.labeled_ids()) == min(25, len(ws.cases()))
+    for cid in ws.labeled_ids():
+        assert set(np.unique(ws.read_label(cid))) <= {0, 1}
+
+
+def test_job_lock_refuses_second_process(synthetic_dataset, tmp_path):
+    ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset)
+    probe = ("import sys\nfrom ASSFTLib.workspace import Workspace\n"
+             "from ASSFTLib.errors import WorkspaceError\n"
+             "try:\n    with Workspace.open(sys.argv[1]).job_lock('worker'):\n        print('got')\n"
+             "except WorkspaceError as e:\n    print('refused:', e)\n")
+    with ws.job_lock("worker"):
+        out = subprocess.run([sys.executable, "-c", probe, str(ws.folder)], capture_output=True, text=True,
+                             timeout=120).stdout
+        assert out.startswith("refused:") and "another ASSFT job" in out
+    out = subprocess.run([sys.executable, "-c", probe, str(ws.folder)], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert out.strip() == "got"
+
+
+def test_cli_init_and_status(synthetic_dataset, tmp_path):
+    ws = tmp_path / "ws"
+    r = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "init", str(ws), "--dataset", str(synthetic_dataset),
+                        "--no-labels"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "8 cases (0 labeled, 8 unlabeled" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "status", str(ws), "--json"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["cases"] == 8 and status["unlabeled"] == 8 and status["current_model"] is None
+    r = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "status", str(tmp_path / "nothing")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "not an ASSFT workspace" in r.stderr and "assft init" in r.stderr

@@ -1,0 +1,209 @@
+"""Visual QA report: one self-contained HTML page with slices, overlays and numbers.
+
+For every ranked case and every pseudo-label candidate the page shows three
+orthogonal slices through the foreground centre with the label (or prediction)
+overlaid, next to the numbers that put the case there (K, ASD, q for the ranking;
+confidence, distance, the reason for SSFT).  Images are PNGs made with
+matplotlib's Agg backend and embedded as base64, so the file can be mailed or
+archived alone.
+
+The core (:func:`slice_panel_png`, :func:`render_html`) takes arrays and knows
+nothing of the workspace; :func:`write_report` gathers a workspace's cases.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .fileutil import atomic_write_text
+
+#: Overlay colours (RGB 0..1) for classes 1, 2, ...; cycles when there are more classes.
+OVERLAY_COLORS = ((0.90, 0.35, 0.20), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0.95, 0.85, 0.25),
+                  (0.75, 0.40, 0.85), (0.30, 0.85, 0.80))
+
+
+@dataclass
+class ReportEntry:
+    """One case on the page.
+
+    ``image``: (X, Y, Z) intensities; ``overlay``: (X, Y, Z) class indices or
+    (C, X, Y, Z) probabilities (shown as their argmax), or None;
+    ``spacing``: voxel size along X, Y, Z (sets the aspect of the slices);
+    ``numbers``: what to print beside the picture, in order.
+    """
+
+    case_id: str
+    image: np.ndarray
+    overlay: np.ndarray | None = None
+    spacing: Sequence[float] = (1.0, 1.0, 1.0)
+    numbers: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class ReportSection:
+    heading: str
+    description: str
+    entries: list[ReportEntry]
+
+
+# ----------------------------------------------------------------------------
+# Arrays -> pictures
+# ----------------------------------------------------------------------------
+def overlay_labels(overlay: np.ndarray | None) -> np.ndarray | None:
+    """Class indices (X, Y, Z) from a label (X, Y, Z) or probabilities (C, X, Y, Z)."""
+    if overlay is None:
+        return None
+    overlay = np.asarray(overlay)
+    if overlay.ndim == 4:
+        return np.argmax(overlay, axis=0)
+    if overlay.ndim != 3:
+        raise ValueError(f"overlay must be (X, Y, Z) labels or (C, X, Y, Z) probabilities, got {overlay.shape}")
+    return overlay.astype(np.int64, copy=False)
+
+
+def foreground_centre(labels: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
+    """Voxel index (x, y, z) of the foreground's centre of mass; the volume centre when empty."""
+    from scipy import ndimage
+
+    if labels is None or not np.any(labels > 0):
+        return tuple(int(s) // 2 for s in shape)
+    centre = ndimage.center_of_mass(labels > 0)
+    return tuple(int(min(max(round(c), 0), s - 1)) for c, s in zip(centre, shape))
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, (1, 99))
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def slice_panel_png(image: np.ndarray, overlay: np.ndarray | None = None,
+                    spacing: Sequence[float] = (1.0, 1.0, 1.0), centre: Sequence[int] | None = None,
+                    title: str = "", opacity: float = 0.45, dpi: int = 90) -> bytes:
+    """PNG bytes of three orthogonal slices of ``image`` (X, Y, Z) through ``centre``.
+
+    ``overlay`` (labels or probabilities, see :func:`overlay_labels`) is drawn as a
+    translucent fill plus an outline per class.  ``centre`` defaults to the
+    overlay's foreground centre.  Slices are named by array axis (the page does
+    not assume the volume is stored in a particular anatomical orientation).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"image must be (X, Y, Z), got shape {image.shape}")
+    labels = overlay_labels(overlay)
+    if labels is not None and labels.shape != image.shape:
+        raise ValueError(f"overlay shape {labels.shape} differs from image shape {image.shape}")
+    x, y, z = centre if centre is not None else foreground_centre(labels, image.shape)
+    sx, sy, sz = (float(s) for s in spacing)
+    # (2D slice with rows = vertical axis, aspect = vertical spacing / horizontal spacing, caption)
+    views = [
+        (lambda a: a[:, :, z].T, sy / sx, f"Z = {z}  (X right, Y up)"),
+        (lambda a: a[:, y, :].T, sz / sx, f"Y = {y}  (X right, Z up)"),
+        (lambda a: a[x, :, :].T, sz / sy, f"X = {x}  (Y right, Z up)"),
+    ]
+    lo, hi = _window(image)
+    num_classes = int(labels.max()) + 1 if labels is not None and labels.size else 1
+    colors = [(0, 0, 0, 0)] + [(*OVERLAY_COLORS[(k - 1) % len(OVERLAY_COLORS)], opacity)
+                               for k in range(1, max(num_classes, 2))]
+    cmap = ListedColormap(colors)
+
+    fig = Figure(figsize=(9.0, 3.3), dpi=dpi)
+    axes = fig.subplots(1, 3)
+    for ax, (cut, aspect, caption) in zip(axes, views):
+        ax.imshow(cut(image), cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect,
+                  interpolation="nearest")
+        if labels is not None:
+            lab = cut(labels)
+            ax.imshow(lab, cmap=cmap, vmin=-0.5, vmax=len(colors) - 0.5, origin="lower", aspect=aspect,
+                      interpolation="nearest")
+            for k in range(1, num_classes):
+                if np.any(lab == k):
+                    ax.contour(lab == k, levels=[0.5], colors=[OVERLAY_COLORS[(k - 1) % len(OVERLAY_COLORS)]],
+                               linewidths=1.0, origin="lower")
+        ax.set_title(caption, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------
+# Pictures -> page
+# ----------------------------------------------------------------------------
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else ("yes" if value else "no")
+    if isinstance(value, (float, np.floating)):
+        return "-" if math.isnan(value) else f"{float(value):.4g}"
+    return str(value)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+.entry { display: flex; gap: 1em; align-items: flex-start; margin: 0.8em 0; padding: 0.5em;
+         border: 1px solid #e3e3e3; border-radius: 4px; }
+.entry img { max-width: 760px; width: 100%; }
+table.numbers { border-collapse: collapse; font-size: 0.9em; }
+table.numbers td { padding: 1px 8px; border-bottom: 1px solid #eee; }
+.note { color: #a33; font-size: 0.9em; } .muted { color: #777; }
+"""
+
+
+def render_html(sections: Sequence[ReportSection], title: str = "ASSFT report",
+                intro: Mapping[str, Any] | None = None) -> str:
+    """The whole page as one HTML string, every image embedded as a base64 PNG."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    if intro:
+        parts.append('<table class="numbers">' + "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_format(v))}</td></tr>" for k, v in intro.items())
+            + "</table>")
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        parts.append(f'<p class="muted">{html.escape(section.description)}</p>')
+        if not section.entries:
+            parts.append('<p class="muted">None.</p>')
+        for entry in section.entries:
+            png = slice_panel_png(entry.image, entry.overlay, entry.spacing, title=entry.case_id)
+            rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_format(v))}</td></tr>"
+                           for k, v in entry.numbers.items())
+            note = f'<p class="note">{html.escape(entry.note)}</p>' if entry.note else ""
+            parts.append(f'<div class="entry" id="{html.escape(entry.case_id)}">'
+                         f'<img alt="{html.escape(entry.case_id)}" '
+                         f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+                         f'<div><b>{html.escape(entry.case_id)}</b><table class="numbers">{rows}</table>{note}</div>'
+                         f"</div>")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts.append(f'<p class="muted">Written by ASSFT on {stamp}.</p></body></html>')
+    return "\n".join(parts)
+
+
+def write_html(out_html: str | Path, sections: Sequence[ReportSection], title: str = "ASSFT report",
+               intro: Mapping[str, Any] | None = None) -> Path:
+    """Render ``sections`` and write the page atomically; returns the path written."""
+    out_html = Path(out_html)
+    atomic_write_text(out_html, render_html(sections, title=title, intro=intro))
+    return out_html

@@ -1,0 +1,469 @@
+"""Reading and writing volumes, checking their geometry, and finding datasets.
+
+Conventions (``docs/architecture.md``):
+
+- A volume is a numpy array in file index order ``(X, Y, Z)`` (nibabel's order)
+  with a 4x4 **RAS** voxel-to-world ``affine`` in millimetres.
+- Images are ``float32`` whatever their stored type; labels are integer class
+  indices (``uint8`` when they fit, else ``int16``/``int32``).
+- NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; NRRD (``.nrrd``, ``.nhdr``)
+  with SimpleITK, whose LPS geometry is converted to RAS, so the NIfTI and the
+  NRRD of one volume give the same affine.
+- Every failure on bad input raises a :class:`~ASSFTLib.errors.ASSFTError`
+  subclass naming the file and saying what to do; datasets collect problems
+  instead of failing on the first bad entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import DatasetError, GeometryError, LabelError, VolumeError
+from .fileutil import atomic_path
+
+#: Suffixes read, longest first so ``.nii.gz`` wins over ``.gz``.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+#: Suffixes written (a detached ``.nhdr`` header cannot be renamed atomically with its data).
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+#: Geometry tolerance: relative for spacing, in voxels for origin, absolute for direction
+#: cosines.  NIfTI stores geometry in float32, so exact float64 equality is too strict.
+GEOMETRY_TOLERANCE = 1e-4
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_CHANNEL_SUFFIX = re.compile(r"_0000$")
+_NIBABEL_READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
+                        OSError, EOFError, ValueError, zlib.error)
+_SUPPORTED_TEXT = ", ".join(VOLUME_SUFFIXES)
+
+
+@dataclass
+class Volume:
+    """A 3D volume: ``array`` (X, Y, Z), ``affine`` 4x4 RAS voxel-to-world, source ``path``."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume array must be 3D (X, Y, Z), got shape {self.array.shape}")
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got shape {self.affine.shape}")
+        if self.path is not None:
+            self.path = Path(self.path)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along X, Y, Z (the column norms of the affine), shape (3,)."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """RAS position in mm of the centre of voxel (0, 0, 0), shape (3,)."""
+        return self.affine[:3, 3].copy()
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Unit RAS direction of each voxel axis as columns, shape (3, 3)."""
+        return self.affine[:3, :3] / self.spacing
+
+
+# ----------------------------------------------------------------------------
+# file names
+def volume_suffix(path: str | Path) -> str | None:
+    """The supported volume suffix of ``path`` (lower case), or None."""
+    name = Path(path).name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """Case id of a volume file: its name without the volume suffix and without the
+    nnU-Net/MSD first-channel suffix ``_0000`` (``liver_7_0000.nii.gz`` -> ``liver_7``)."""
+    name = Path(path).name
+    suffix = volume_suffix(name)
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    return _CHANNEL_SUFFIX.sub("", stem)
+
+
+def find_volume_files(folder: str | Path) -> list[Path]:
+    """The volume files directly inside ``folder``, sorted by name.
+
+    Hidden files (names starting with ``.``: temporary files of atomic writes,
+    macOS ``._`` resource forks) are skipped.  A missing folder gives ``[]``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and volume_suffix(p) and p.is_file())
+
+
+# ----------------------------------------------------------------------------
+# reading
+def read_volume(path: str | Path, kind: str = "image") -> Volume:
+    """Read a 3D volume.
+
+    ``kind="image"`` gives ``float32`` intensities and rejects NaN/Inf voxels;
+    ``kind="label"`` gives integer class indices and rejects non-integer values.
+    A 4D file with one trailing volume is squeezed to 3D.
+
+    Raises :class:`VolumeError` (naming the file) when it is missing, unreadable,
+    truncated, of an unsupported type, not 3D, empty, or holds invalid values.
+    """
+    if kind not in ("image", "label"):
+        raise ValueError(f"kind must be 'image' or 'label', got {kind!r}")
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise VolumeError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}", path=path,
+                          hint=f"save the volume as one of {_SUPPORTED_TEXT}")
+    if not path.is_file():
+        raise VolumeError("file not found" if not path.exists() else "is not a file", path=path,
+                          hint="check the path, or re-export the volume")
+    if suffix in (".nii", ".nii.gz"):
+        array, affine = _read_nifti(path, kind)
+    else:
+        array, affine = _read_itk(path)
+    array = _as_3d(array, path)
+    array = _as_image(array, path) if kind == "image" else _as_label(array, path)
+    return Volume(array, affine, path)
+
+
+def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        img = nib.load(str(path))
+        # Force the read here: nibabel loads lazily and a truncated file fails only now.
+        array = img.get_fdata(dtype=np.float32) if kind == "image" else np.asanyarray(img.dataobj)
+    except _NIBABEL_READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    return array, np.asarray(img.affine, dtype=np.float64)
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        img = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(img)
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from exc
+    ndim = img.GetDimension()
+    if img.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: (..., C) after the spatial axes
+        array = np.moveaxis(array, -1, 0)
+    array = array.transpose(tuple(range(array.ndim))[::-1])  # ITK (Z, Y, X) -> (X, Y, Z)
+    if ndim < 3:
+        return array, np.eye(4)  # rejected as 2D by _as_3d
+    spacing = np.asarray(img.GetSpacing()[:3])
+    origin = np.asarray(img.GetOrigin()[:3])
+    direction = np.asarray(img.GetDirection()).reshape(ndim, ndim)[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ origin
+    return array, affine
+
+
+def _unreadable(path: Path, exc: BaseException) -> VolumeError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return VolumeError(f"cannot be read, the file may be truncated or corrupt ({detail})", path=path,
+                       hint="re-export or re-download the file")
+
+
+def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    shape = tuple(int(s) for s in array.shape)
+    if array.ndim > 3:
+        raise VolumeError(f"is {array.ndim}D (shape {shape}), ASSFT needs one 3D volume per file", path=path,
+                          hint="extract one time point or channel and save it as a 3D volume")
+    if array.size == 0:
+        raise VolumeError(f"holds no voxels (shape {shape})", path=path,
+                          hint="re-export the volume; the file has an empty image")
+    if array.ndim < 3 or min(shape) == 1:
+        raise VolumeError(f"is 2D (shape {shape}), ASSFT needs a 3D volume", path=path,
+                          hint="load the whole 3D series rather than a single slice")
+    return array
+
+
+def _as_image(array: np.ndarray, path: Path) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise VolumeError(f"{bad} of {array.size} voxels are NaN or infinite", path=path,
+                          hint="replace them with a finite value (for example the background intensity) "
+                               "and save the volume again")
+    return array
+
+
+def _as_label(array: np.ndarray, path: Path) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        integral = finite & (array == np.round(array))
+        if not integral.all():
+            examples = np.unique(array[~integral])[:5]
+            raise VolumeError(f"is not a label map: {int((~integral).sum())} voxels hold non-integer values "
+                              f"(for example {', '.join(f'{v:g}' for v in examples)})", path=path,
+                              hint="choose the label (segmentation) file, not the image")
+    elif array.dtype.kind not in "iu":
+        raise VolumeError(f"has pixel type {array.dtype}, not integer class indices", path=path,
+                          hint="save the label as an integer (for example uint8) volume")
+    return array.astype(_smallest_int_dtype(array), copy=False)
+
+
+def _smallest_int_dtype(array: np.ndarray) -> np.dtype:
+    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+# ----------------------------------------------------------------------------
+# writing
+def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``array`` (X, Y, Z) with RAS ``affine`` (4x4) atomically; return the path.
+
+    The type follows the suffix (``.nii.gz``, ``.nii``, ``.nrrd``).  Floating
+    arrays are stored as ``float32``, booleans as ``uint8``, other integers in the
+    smallest of ``uint8``/``int16``/``int32`` that holds them, so labels stay labels.
+    Geometry read back with :func:`read_volume` equals ``affine`` (to float32
+    precision for NIfTI, which stores it so).
+    """
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise VolumeError(f"cannot write file type {''.join(path.suffixes) or '(no extension)'!r}", path=path,
+                          hint=f"use one of {', '.join(WRITE_SUFFIXES)}")
+    array = np.asarray(array)
+    affine = np.asarray(affine, dtype=np.float64)
+    if array.ndim != 3 or array.size == 0:
+        raise VolumeError(f"cannot write an array of shape {array.shape}: a volume is 3D (X, Y, Z)", path=path)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise VolumeError("cannot write: the affine must be a finite, invertible 4x4 matrix", path=path)
+    array = _storable(array)
+    with atomic_path(path) as tmp:
+        if suffix == ".nrrd":
+            sitk.WriteImage(_to_itk(array, affine), str(tmp), useCompression=True)
+        else:
+            nib.save(_to_nifti(array, affine), str(tmp))
+    return path
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind in "iu":
+        return array.astype(_smallest_int_dtype(array), copy=False)
+    raise TypeError(f"cannot store an array of type {array.dtype} as a volume")
+
+
+def _to_nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(array, affine)
+    img.set_data_dtype(array.dtype)
+    img.header.set_xyzt_units("mm")
+    # Both codes set: readers that prefer the qform (ITK, Slicer) and the sform agree.
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    return img
+
+
+def _to_itk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # (X,Y,Z) -> ITK (Z,Y,X)
+    linear = _LPS_TO_RAS @ affine[:3, :3]  # RAS -> LPS (the flip is its own inverse)
+    spacing = np.linalg.norm(linear, axis=0)
+    img.SetSpacing(spacing.tolist())
+    img.SetDirection((linear / spacing).ravel().tolist())
+    img.SetOrigin((_LPS_TO_RAS @ affine[:3, 3]).tolist())
+    return img
+
+
+# ----------------------------------------------------------------------------
+# checks
+def check_same_geometry(a: Volume, b: Volume, what: str = "") -> None:
+    """Raise :class:`GeometryError` unless ``a`` and ``b`` share shape, spacing, origin
+    and direction (within :data:`GEOMETRY_TOLERANCE`); the message names each
+    attribute that differs with both values."""
+    tol = GEOMETRY_TOLERANCE
+    voxel = float(min(a.spacing.min(), b.spacing.min()))
+    checks = (
+        ("shape", a.shape, b.shape, lambda x, y: x == y),
+        ("spacing", a.spacing, b.spacing, lambda x, y: np.allclose(x, y, rtol=tol, atol=0)),
+        ("origin", a.origin, b.origin, lambda x, y: np.allclose(x, y, rtol=0, atol=tol * voxel)),
+        ("direction", a.direction, b.direction, lambda x, y: np.allclose(x, y, rtol=0, atol=tol)),
+    )
+    diffs = [f"{name} {_fmt(x)} vs {_fmt(y)}" for name, x, y, same in checks if not same(x, y)]
+    if diffs:
+        subject = what or f"{a.path.name if a.path else 'first volume'} and {b.path.name if b.path else 'second'}"
+        raise GeometryError(f"{subject} do not share geometry: " + "; ".join(diffs), path=b.path or a.path,
+                            hint="resample the label onto the image grid (in Slicer: export the segmentation "
+                                 "with the image as reference geometry)")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, tuple):
+        return str(value)
+    return np.array2string(np.asarray(value), precision=4, suppress_small=True, separator=", ").replace("\n", "")
+
+
+def check_label_values(array: np.ndarray, num_classes: int, path: str | Path | None = None) -> None:
+    """Raise :class:`LabelError` listing the values of ``array`` outside ``0..num_classes-1``."""
+    array = np.asarray(array)
+    if array.size == 0 or (array.dtype.kind in "iub" and array.min() >= 0 and array.max() < num_classes):
+        return
+    values, counts = np.unique(array, return_counts=True)
+    bad = (values < 0) | (values >= num_classes) | (values != np.round(values))
+    if bad.any():
+        listed = ", ".join(f"{v:g} ({c} voxels)" for v, c in zip(values[bad][:10], counts[bad][:10]))
+        more = f" and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
+        raise LabelError(f"label values outside 0..{num_classes - 1}: {listed}{more}", path=path,
+                         hint=f"the task has {num_classes} classes; relabel these voxels or choose the right file")
+
+
+# ----------------------------------------------------------------------------
+# datasets
+@dataclass(frozen=True)
+class DatasetCase:
+    """One case of an input dataset; ``meta`` holds other keys of its dataset.json entry."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def profile(self) -> str | None:
+        """The acquisition profile of a synthetic or benchmark case, if its entry names one."""
+        return self.meta.get("profile")
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """Something wrong with one entry of a dataset; the rest of the dataset is usable."""
+
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def load_dataset(folder: str | Path) -> tuple[list[DatasetCase], list[DatasetProblem]]:
+    """Find the cases of a dataset folder.
+
+    Layouts: MSD / nnU-Net (``dataset.json`` whose ``"training"`` entries name
+    ``./imagesTr/x.nii.gz`` and ``./labelsTr/x.nii.gz``, ``"test"`` entries name
+    images only), a folder with ``imagesTr/`` (and ``labelsTr/``) but no usable
+    ``dataset.json`` (scanned), or a plain folder of volumes (labels optionally
+    in ``labelsTr/`` beside them, matched by case id).
+
+    Bad entries (missing files, duplicate case ids, paths leaving the folder, an
+    unreadable dataset.json) become :class:`DatasetProblem` s; :class:`DatasetError`
+    is raised only when the folder does not exist or holds no volumes at all.
+    Files are not opened here: :func:`read_volume` checks them when they are used.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError("dataset folder not found" if not folder.exists() else "is not a folder", path=folder,
+                           hint="choose the folder that holds dataset.json and imagesTr, or a folder of volumes")
+    problems: list[DatasetProblem] = []
+    entries = _msd_entries(folder, problems)
+    if entries is None:
+        entries = _scanned_entries(folder, problems)
+    cases = _unique_cases(entries, problems)
+    if not cases:
+        raise DatasetError(f"no usable volumes ({_SUPPORTED_TEXT}) found"
+                           + (f"; {len(problems)} problems, first: {problems[0]}" if problems else ""), path=folder,
+                           hint="choose an MSD dataset folder (dataset.json, imagesTr, labelsTr) or a folder of volumes")
+    return cases, problems
+
+
+def _msd_entries(folder: Path, problems: list[DatasetProblem]) -> list[DatasetCase] | None:
+    """Cases listed in dataset.json, or None when there is no usable list (then scan)."""
+    json_path = folder / "dataset.json"
+    if not json_path.is_file():
+        return None
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("the top level is not an object")
+        if not isinstance(data.get("training", []), list) or not isinstance(data.get("test", []), list):
+            raise ValueError('"training" and "test" must be lists')
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problems.append(DatasetProblem(json_path, f"cannot be read ({exc}); scanned imagesTr instead"))
+        return None
+    if "training" not in data and "test" not in data:
+        return None  # nnU-Net v2 style: the files define the cases
+    listed = [(e, True) for e in data.get("training", [])] + [(e, False) for e in data.get("test", [])]
+    cases = []
+    for entry, has_label in listed:
+        if isinstance(entry, str):
+            entry = {"image": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            problems.append(DatasetProblem(json_path, f"entry {entry!r} has no \"image\" path; ignored"))
+            continue
+        image = _inside(folder, entry["image"], problems, json_path)
+        if image is None:
+            continue
+        if not image.is_file():
+            problems.append(DatasetProblem(image, "listed in dataset.json but missing; case ignored"))
+            continue
+        label = None
+        if has_label and isinstance(entry.get("label"), str):
+            label = _inside(folder, entry["label"], problems, json_path)
+            if label is not None and not label.is_file():
+                problems.append(DatasetProblem(label, "label listed in dataset.json but missing; "
+                                                      "the case is kept without a label"))
+                label = None
+        meta = {k: v for k, v in entry.items() if k not in ("image", "label")}
+        cases.append(DatasetCase(case_id_from_path(image), image, label, meta))
+    return cases
+
+
+def _inside(folder: Path, relative: str, problems: list[DatasetProblem], source: Path) -> Path | None:
+    """``folder / relative`` if it stays inside ``folder`` (textually: symlinked data is fine)."""
+    path = Path(os.path.normpath(folder / relative))
+    root = Path(os.path.normpath(folder))
+    if path != root and root in path.parents:
+        return path
+    problems.append(DatasetProblem(source, f"path {relative!r} leaves the dataset folder; ignored"))
+    return None
+
+
+def _scanned_entries(folder: Path, problems: list[DatasetProblem]) -> list[DatasetCase]:
+    """Cases from the files: ``imagesTr`` (labels from ``labelsTr``) and ``imagesTs``, else ``folder`` itself."""
+    labels: dict[str, Path] = {}
+    for path in find_volume_files(folder / "labelsTr"):
+        labels.setdefault(case_id_from_path(path), path)
+    labelled_dir = folder / "imagesTr" if (folder / "imagesTr").is_dir() else folder
+    cases = [DatasetCase(case_id_from_path(p), p, labels.pop(case_id_from_path(p), None))
+             for p in find_volume_files(labelled_dir)]
+    cases += [DatasetCase(case_id_from_path(p), p) for p in find_volume_files(folder / "imagesTs")]
+    problems.extend(DatasetProblem(path, "label without an image; ignored") for path in labels.values())
+    return cases
+
+
+def _unique_cases(cases: list[DatasetCase], problems: list[DatasetProblem]) -> list[DatasetCase]:
+    seen: dict[str, DatasetCase] = {}
+    for case in cases:
+        if case.case_id in seen:
+            problems.append(DatasetProblem(case.image, f"duplicate case id {case.case_id!r} "
+                                                       f"(already used by {seen[case.case_id].image.name}); ignored"))
+            continue
+        seen[case.case_id] = case
+    return list(seen.values())

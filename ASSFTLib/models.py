@@ -29,11 +29,13 @@ import copy
 import hashlib
 import inspect
 import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, SwinUNETR, UNet
@@ -409,20 +411,24 @@ def _cpu_state(network: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in network.state_dict().items()}
 
 
-def _check_plain(obj: Any, where: str) -> None:
-    """Only tensors and plain Python types may go into a checkpoint (weights_only loading)."""
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` as tensors and plain Python types only, which weights_only loading accepts.
+
+    numpy scalars become Python numbers and numpy arrays tensors; anything else raises TypeError.
+    """
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
-        return
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-        return
+        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
     if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                raise TypeError(f"{where}: key {k!r} must be a str or int")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
+        bad = [k for k in obj if not isinstance(k, (str, int))]
+        if bad:
+            raise TypeError(f"{where}: key {bad[0]!r} must be a str or int")
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
     raise TypeError(f"{where} holds a {type(obj).__name__}; only tensors and plain Python types may be saved")
 
 
@@ -439,9 +445,8 @@ def save_checkpoint(path: str | Path, network: nn.Module, spec: ModelSpec,
         "spec": spec.to_dict(),
         "state_dict": _cpu_state(network),
         "pretext": None if pretext is None else {"spec": pretext[1].to_dict(), "state_dict": _cpu_state(pretext[0])},
-        "extra": dict(extra or {}),
+        "extra": _plain(dict(extra or {}), "extra"),
     }
-    _check_plain(obj, "checkpoint")
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return file_checksum(path)
@@ -801,6 +806,10 @@ def check_task_compatible(loaded: LoadedModel, classes: Sequence[str],
             raise CheckpointError(f"patch size {tuple(patch_size)} does not suit {spec.network}, which needs "
                                   f"multiples of {div}", path=path,
                                   hint=f"choose a patch size that is a multiple of {div}")
+        if math.prod(int(p) // d for p, d in zip(patch_size, div)) < 2:
+            raise CheckpointError(f"patch size {tuple(patch_size)} leaves a single voxel at {spec.network}'s "
+                                  "deepest level, where its normalisation cannot train", path=path,
+                                  hint=f"choose a patch size of at least twice {div} along one axis")
     return warnings
 
 

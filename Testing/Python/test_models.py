@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ torch.set_num_threads(1)
 
 HAS_EINOPS = importlib.util.find_spec("einops") is not None
 CLASSES3 = ["background", "anterior", "posterior"]
-SHAPE = (1, 1, 32, 32, 32)
+SHAPE = (1, 1, 64, 32, 32)  # SwinUNETR down-samples 32x; its instance norms need > 1 deepest voxel
 
 TINY_KWARGS = {
     "UNet": dict(spatial_dims=3, in_channels=1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1,
@@ -36,7 +37,7 @@ TINY_KWARGS = {
 
 
 def tiny_spec(name: str, classes=CLASSES3) -> ModelSpec:
-    return ModelSpec(name, {**TINY_KWARGS[name], "out_channels": len(classes)}, list(classes), patch_size=(32, 32, 32))
+    return ModelSpec(name, {**TINY_KWARGS[name], "out_channels": len(classes)}, list(classes), patch_size=SHAPE[2:])
 
 
 def needs_forward(name: str) -> None:
@@ -69,7 +70,7 @@ def test_each_registry_network_builds_and_runs(name):
     torch.manual_seed(0)
     net = build_network(tiny_spec(name))
     out = forward(net)
-    assert out.shape == (1, len(CLASSES3), 32, 32, 32)
+    assert out.shape == (1, len(CLASSES3), *SHAPE[2:])
     assert torch.isfinite(out).all()
 
 
@@ -150,7 +151,8 @@ def test_own_format_round_trip_gives_identical_outputs(tmp_path):
     pre_spec = ModelSpec("UNet", {**TINY_KWARGS["UNet"], "out_channels": 1}, [], task="reconstruction")
     pre_net = build_network(pre_spec)
     path = tmp_path / "models" / "model_1.pt"
-    digest = save_checkpoint(path, net, spec, pretext=(pre_net, pre_spec), extra={"round": 2, "dice": [0.5, 0.7]})
+    extra = {"round": 2, "dice": [0.5, np.float32(0.75)], "losses": np.array([1.0, 0.5])}
+    digest = save_checkpoint(path, net, spec, pretext=(pre_net, pre_spec), extra=extra)
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest() == file_checksum(path)
     assert [p.name for p in path.parent.iterdir()] == ["model_1.pt"], "no temporary file left behind"
     # The file is self-describing and loads with weights_only=True.
@@ -159,7 +161,9 @@ def test_own_format_round_trip_gives_identical_outputs(tmp_path):
 
     loaded = load_model(path)
     assert loaded.source_format == "assft" and loaded.checksum == digest
-    assert loaded.spec == spec and loaded.report.complete and loaded.extra == {"round": 2, "dice": [0.5, 0.7]}
+    assert loaded.spec == spec and loaded.report.complete
+    assert loaded.extra["round"] == 2 and loaded.extra["dice"] == [0.5, 0.75]
+    assert torch.equal(loaded.extra["losses"], torch.tensor([1.0, 0.5], dtype=torch.float64))
     assert torch.equal(forward(loaded.network), forward(net))
     assert loaded.pretext is not None and loaded.pretext.spec.task == "reconstruction"
     assert torch.equal(forward(loaded.pretext.network), forward(pre_net))
@@ -342,6 +346,8 @@ def test_check_task_compatible(tmp_path):
     assert check_task_compatible(loaded, ["background", "head", "tail"])  # names differ: a warning
     with pytest.raises(CheckpointError, match="multiple"):
         check_task_compatible(loaded, CLASSES3, patch_size=(30, 48, 32))
+    with pytest.raises(CheckpointError, match="single voxel"):
+        check_task_compatible(loaded, CLASSES3, patch_size=(4, 4, 4))
     multi = ModelSpec("UNet", {**spec.kwargs, "in_channels": 4}, CLASSES3)
     path4 = tmp_path / "four_channels.pt"
     save_checkpoint(path4, build_network(multi), multi)

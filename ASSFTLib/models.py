@@ -95,9 +95,9 @@ class ModelSpec:
         if self.task not in TASKS:
             raise CheckpointError(f"model spec: task={self.task!r} must be one of {', '.join(TASKS)}")
         if self.has_task_head and self.task == "segmentation":
-            if len(self.classes) < 2:
-                raise CheckpointError(
-                    f"model spec: a segmentation head needs at least 2 classes (background + one), got {self.classes}")
+            if not self.classes:
+                raise CheckpointError("model spec: a segmentation head needs its class names",
+                                      hint="list the classes, background first, or set has_task_head=False")
             out = self.kwargs.get("out_channels")
             if out is not None and int(out) != len(self.classes):
                 raise CheckpointError(

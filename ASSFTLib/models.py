@@ -344,7 +344,9 @@ def enable_mc_dropout(network: nn.Module) -> int:
 class LoadReport:
     """What a load matched: names in the network's ``state_dict`` naming.
 
-    mismatched: ``(name, checkpoint shape, model shape)``.
+    loaded: network tensors taken from the checkpoint.
+    missing: network tensors the checkpoint does not provide (left as initialised).
+    mismatched: ``(name, checkpoint shape, model shape)``; left as initialised, not also listed as missing.
     unexpected: checkpoint keys (as stored) with no place in the network.
     """
 

@@ -151,6 +151,10 @@ def test_nan_and_inf_voxels_are_counted(tmp_path):
 def test_4d_is_refused_but_a_trailing_singleton_is_squeezed(tmp_path):
     with pytest.raises(VolumeError, match=r"4D \(shape \(4, 5, 6, 3\)\)"):
         vio.read_volume(_save_nifti(tmp_path / "t.nii.gz", np.zeros((4, 5, 6, 3), np.float32)))
+    vector = sitk.GetImageFromArray(np.zeros((6, 5, 4, 3), np.float32), isVector=True)  # ITK (Z, Y, X) x 3
+    sitk.WriteImage(vector, str(tmp_path / "vector.nrrd"))
+    with pytest.raises(VolumeError, match=r"4D \(shape \(4, 5, 6, 3\)\)"):
+        vio.read_volume(tmp_path / "vector.nrrd")
     vol = vio.read_volume(_save_nifti(tmp_path / "s.nii.gz", np.ones((4, 5, 6, 1), np.float32), _oblique_affine()))
     assert vol.shape == (4, 5, 6)
     np.testing.assert_allclose(vol.affine, _oblique_affine())

@@ -111,7 +111,6 @@ def test_make_dataset_writes_a_readable_msd_folder(tmp_path):
         np.testing.assert_array_equal(label.array, expected_label)
     again = synthetic.make_dataset(tmp_path / "again", 5, profiles=("clean", "thick_slices"), seed=2,
                                    shape=(16, 20, 16))
-    assert (again / "imagesTr" / "synth_004.nii.gz").read_bytes() != b""
     np.testing.assert_array_equal(vio.read_volume(again / "imagesTr" / "synth_004.nii.gz").array,
                                   vio.read_volume(folder / "imagesTr" / "synth_004.nii.gz").array)
 

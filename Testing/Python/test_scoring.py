@@ -1,0 +1,213 @@
+"""Scoring (ASSFTLib.inference, ASSFTLib.scoring) on tiny real networks and synthetic volumes."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ASSFTLib import cli, inference, models, query, scoring, synthetic
+from ASSFTLib.errors import ASSFTError, JobCancelled
+from ASSFTLib.io import Volume
+from ASSFTLib.settings import Settings
+from ASSFTLib.workspace import Workspace
+
+CLASSES = ["background", "head", "body"]
+SHAPE = (20, 24, 18)
+PATCH = (16, 16, 16)
+
+
+def _tiny_spec(has_task_head: bool = True) -> models.ModelSpec:
+    spec = models.default_spec(CLASSES, patch_size=PATCH)
+    return spec.replace(kwargs={**spec.kwargs, "channels": [4, 8, 16], "strides": [2, 2]},
+                        has_task_head=has_task_head)
+
+
+def _checkpoint(path, seed: int, has_task_head: bool = True):
+    torch.manual_seed(seed)
+    spec = _tiny_spec(has_task_head)
+    models.save_checkpoint(path, models.build_network(spec), spec)
+    return path
+
+
+@pytest.fixture
+def model(tmp_path):
+    return models.load_model(_checkpoint(tmp_path / "m.pt", 0))
+
+
+@pytest.fixture
+def volume():
+    image, _, affine = synthetic.make_case(0, shape=SHAPE)
+    return Volume(image, affine)
+
+
+# ----------------------------------------------------------------------------
+# one volume
+def test_embedding_is_the_global_average_of_the_bottleneck_over_the_window(model):
+    image, _, affine = synthetic.make_case(1, shape=PATCH)  # exactly one window
+    vol = Volume(image, affine)
+    result = inference.forward_volume(model, vol, Settings(tta_flips=False), with_norm_stats=True)
+    seen = []
+    handle = models.bottleneck_module(model.network, model.spec).register_forward_hook(
+        lambda m, i, o: seen.append(o.detach()))
+    from ASSFTLib.preprocess import prepare_image
+    x, _ = prepare_image(vol, model.spec.preprocessing)
+    with torch.no_grad():
+        model.network(x)
+    handle.remove()
+    z = seen[0].mean(dim=(0, 2, 3, 4)).double().numpy()
+    np.testing.assert_allclose(result.embedding, z / np.linalg.norm(z), atol=1e-6)
+    # encoder norm layers only, each with its input's per-channel moments
+    encoder = [n for n, _ in models.norm_layers_with_stats(model.network, model.spec)]
+    assert [n for n, _, _ in result.norm_stats] == encoder
+    assert all(np.all(var >= 0) for _, _, var in result.norm_stats)
+
+
+def test_probs_are_test_time_averaged_on_the_volume_grid(model, volume):
+    p4 = inference.predict_probs(model, volume, Settings())
+    p1 = inference.predict_probs(model, volume, Settings(tta_flips=False))
+    assert p4.shape == (len(CLASSES), *SHAPE) and p4.dtype == np.float32
+    np.testing.assert_allclose(p4.sum(axis=0), 1.0, atol=1e-5)
+    assert not np.allclose(p4, p1)  # the flips contribute
+
+
+def test_score_volume_with_the_foundation_as_model(model, volume):
+    s = scoring.score_volume(model, model, volume, Settings())
+    assert set(s.K) == {"bnstats"} and s.K["bnstats"] > 0
+    assert s.z0 == s.zt and np.linalg.norm(s.zt) == pytest.approx(1.0)
+    assert 0.0 <= s.asd <= 1.0 and 1.0 / len(CLASSES) <= s.confidence <= 1.0
+    assert s.bald is None and s.has_task_head
+    rec = s.to_dict()
+    assert json.loads(json.dumps(rec)) == rec and "dist_to_labeled" not in rec
+
+
+def test_knowledge_divergence_comes_from_the_foundation_and_drift_from_both(tmp_path, model, volume):
+    other = models.load_model(_checkpoint(tmp_path / "other.pt", 1))
+    alone = scoring.score_volume(model, model, volume, Settings())
+    both = scoring.score_volume(other, model, volume, Settings(), labeled_embeddings=np.asarray([alone.zt]))
+    assert both.K["bnstats"] == pytest.approx(alone.K["bnstats"])
+    assert both.z0 == pytest.approx(alone.z0, abs=1e-6)
+    expected = 1.0 - float(np.dot(both.z0, both.zt))
+    assert both.K["drift"] == pytest.approx(expected, abs=1e-9) and both.K["drift"] > 0
+    assert both.dist_to_labeled == pytest.approx(expected, abs=1e-6)
+
+
+def test_cold_start_runs_the_encoder_only(tmp_path, volume):
+    encoder_only = models.load_model(_checkpoint(tmp_path / "enc.pt", 0, has_task_head=False))
+    head = models.head_module_names(encoder_only.network, encoder_only.spec)[0]
+    calls = []
+    handle = encoder_only.network.get_submodule(head).register_forward_hook(lambda *a: calls.append(1))
+    s = scoring.score_volume(encoder_only, encoder_only, volume, Settings())
+    handle.remove()
+    assert calls == []
+    assert s.asd is None and s.confidence is None and not s.has_task_head and s.K["bnstats"] > 0
+    with pytest.raises(ASSFTError, match="no segmentation head"):
+        inference.predict_probs(encoder_only, volume, Settings())
+
+
+def test_mc_dropout_bald_only_when_asked(model, volume):
+    s = scoring.score_volume(model, model, volume, Settings(mc_dropout_samples=3))
+    assert s.bald is not None and s.bald > 0
+    # dropout is off again afterwards: two plain predictions agree
+    a = inference.predict_probs(model, volume, Settings(tta_flips=False))
+    b = inference.predict_probs(model, volume, Settings(tta_flips=False))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# the workspace
+@pytest.fixture
+def workspace(tmp_path):
+    data = synthetic.make_dataset(tmp_path / "data", 6, ("clean", "bias_contrast", "thick_slices"), shape=SHAPE)
+    ws = Workspace.create(tmp_path / "ws", data, import_labels=False)
+    ws.register_model(_checkpoint(tmp_path / "m.pt", 0), kind="foundation")
+    ref = synthetic.make_case((0, 0), "clean", SHAPE)[1]
+    ws.save_label("synth_000", ref)
+    yield ws
+    ws.close()
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts inference.forward_volume calls (the network passes of the current model)."""
+    calls = []
+    real = inference.forward_volume
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "forward_volume", counting)
+    return calls
+
+
+def test_score_cases_caches_resumes_and_rescores_a_new_model(tmp_path, workspace, counted):
+    stop_after = iter([False, False, True])
+    with pytest.raises(JobCancelled):
+        scoring.score_cases(workspace, Settings(), should_stop=lambda: next(stop_after))
+    assert len(counted) == 2
+    steps = []
+    first = scoring.score_cases(workspace, Settings(), progress=lambda s, t, i: steps.append((s, t)))
+    assert (first["scored"], first["cached"], first["total"]) == (4, 2, 6) and len(counted) == 6
+    assert steps[-1] == (4, 4)
+    again = scoring.score_cases(workspace, Settings())
+    assert again["scored"] == 0 and again["cached"] == 6 and len(counted) == 6
+    # labeling changes nothing about the cache; settings that change the pass do
+    scoring.score_cases(workspace, Settings(roi_dilation=1))
+    assert len(counted) == 12
+    workspace.register_model(_checkpoint(tmp_path / "m2.pt", 5))
+    second = scoring.score_cases(workspace, Settings())
+    # each case: one pass of the new model and one feature-only pass of the frozen foundation E0
+    assert second["scored"] == 6 and len(counted) == 12 + 2 * 6
+    assert all("drift" in r["K"] for r in workspace.get_scores(second["model_checksum"], Settings().scoring_hash()).values())
+
+
+def test_a_corrupt_case_is_recorded_and_the_rest_go_on(workspace):
+    broken = workspace.case("synth_003").image_path
+    broken.write_bytes(b"not a nifti file")
+    result = scoring.score_cases(workspace, Settings())
+    assert set(result["errors"]) == {"synth_003"} and result["scored"] == 5
+    assert str(broken) in result["errors"]["synth_003"]
+    table = scoring.rank_cases(workspace, Settings())
+    status = {r.case_id: r.status for r in table.rows}
+    assert status["synth_003"] == "error" and status["synth_000"] == "labeled"
+    assert sum(s == "pool" for s in status.values()) == 4
+
+
+def test_rank_from_cache_matches_the_pure_selector(workspace, counted):
+    scoring.score_cases(workspace, Settings())
+    n_calls = len(counted)
+    table = scoring.rank_cases(workspace, Settings(), strategy="atsq", budget=2)
+    assert len(counted) == n_calls  # ranking runs no inference
+    cached = workspace.get_scores(table.model_checksum, Settings().scoring_hash())
+    pool = [c for c in workspace.unlabeled_ids()]
+    sel = query.atsq_select([cached[c]["K"]["bnstats"] for c in pool], [cached[c]["asd"] for c in pool],
+                            [cached[c]["zt"] for c in pool], [cached["synth_000"]["zt"]], 2)
+    pool_rows = [r for r in table.rows if r.status == "pool"]
+    assert [r.case_id for r in pool_rows] == [pool[i] for i in sel.order]
+    assert [r.rank for r in pool_rows] == list(range(1, len(pool) + 1))
+    assert table.picked == [pool[i] for i in sel.picked] and table.divergence_mode == "bnstats"
+    for strategy in query.STRATEGIES:
+        if strategy == "bald":
+            with pytest.raises(ASSFTError, match="mc_dropout_samples"):
+                scoring.rank_cases(workspace, Settings(), strategy=strategy, budget=10)
+            continue
+        t = scoring.rank_cases(workspace, Settings(), strategy=strategy, budget=10)  # budget > pool
+        assert sorted(t.picked) == sorted(pool)
+
+
+def test_cli_score_and_rank_write_the_table(workspace, tmp_path, capsys):
+    folder = str(workspace.folder)
+    assert cli.main(["score", folder, "--json-events"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "result" and events[-1]["scored"] == 6
+    out_csv, out_json = tmp_path / "rank.csv", tmp_path / "rank.json"
+    assert cli.main(["rank", folder, "--budget", "3", "--csv", str(out_csv), "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(out_csv.open()))
+    pool = [r for r in rows if r["status"] == "pool"]
+    assert len(pool) == 5 and sum(r["picked"] == "True" for r in rows) == 3
+    assert all(r["case_id"] in printed for r in pool)
+    assert json.loads(out_json.read_text())["picked"] == [r["case_id"] for r in pool[:3]]

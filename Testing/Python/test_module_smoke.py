@@ -1,0 +1,187 @@
+"""Smoke test of the Slicer module file ASSFT/ASSFT.py outside Slicer.
+
+Stand-ins: ONLY the names slicer-core lacks, i.e. the ``qt`` module and
+``slicer.ScriptedLoadableModule`` (its four base classes, reduced to what their
+constructors set).  ``ctk`` and ``slicer.app`` are not touched by importing the
+module or by its logic, so they are not stood in for.  Every MRML node, the scene,
+the segmentation logic and ``slicer.util`` are the real slicer-core ones; the
+background job is a real worker subprocess.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the 'slicer' package here is not Slicer's core", allow_module_level=True)
+
+from ASSFTLib import mrml  # noqa: E402
+
+MODULE_FILE = Path(__file__).resolve().parents[2] / "ASSFT" / "ASSFT.py"
+
+
+def _stand_ins() -> dict[str, types.ModuleType]:
+    qt = types.ModuleType("qt")  # the module only refers to qt inside widget methods
+
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            name = type(self).__name__
+            self.moduleName = name[:-len("Logic")] if name.endswith("Logic") else name
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleTest:
+        pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleWidget,
+                ScriptedLoadableModuleTest):
+        setattr(slm, cls.__name__, cls)
+    return {"qt": qt, "slicer.ScriptedLoadableModule": slm}
+
+
+@pytest.fixture(scope="module")
+def module():
+    saved = {name: sys.modules.get(name) for name in ("qt", "slicer.ScriptedLoadableModule")}
+    sys.modules.update(_stand_ins())
+    try:
+        spec = importlib.util.spec_from_file_location("ASSFT", MODULE_FILE)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value
+
+
+@pytest.fixture()
+def logic(module):
+    return module.ASSFTLogic(scene=mrml.standalone_scene().scene)
+
+
+@pytest.fixture()
+def workspace_folder(tmp_path):
+    from ASSFTLib.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", n_cases=3, shape=(16, 20, 12), with_labels=False)
+    return tmp_path
+
+
+def test_module_declares_itself(module):
+    parent = types.SimpleNamespace()
+    module.ASSFT(parent)
+    assert parent.title == "ASSFT"
+    assert "Segmentations" in parent.dependencies
+    assert issubclass(module.ASSFTWidget, slicer.util.VTKObservationMixin)
+    assert module.ASSFTLogic(scene=mrml.standalone_scene().scene).moduleName == "ASSFT"
+
+
+def test_parameters_are_typed_and_stored_in_the_scene(module, logic):
+    params = logic.getParameterNode()
+    assert params.budget == 2 and params.prefill is True  # defaults before anything is stored
+    params.budget = 5
+    params.prefill = False
+    params.overlayOpacity = 0.25
+    params.workspace = "/data/ws"
+    again = logic.getParameterNode()
+    assert (again.budget, again.prefill, again.overlayOpacity, again.workspace) == (5, False, 0.25, "/data/ws")
+    node = logic.scene.GetSingletonNode("ASSFT", "vtkMRMLScriptedModuleNode")
+    assert node.GetParameter("budget") == "5"
+    with pytest.raises(AttributeError):
+        params.not_a_parameter = 1
+
+
+def test_workspace_without_model_has_an_empty_worklist_that_says_why(logic, workspace_folder):
+    summary = logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    assert "3 cases" in summary
+    node, message = logic.updateWorklist()
+    assert node.IsA("vtkMRMLTableNode") and node.GetNumberOfRows() == 0
+    assert "model" in message.lower()
+    assert logic.nextCase() is None
+    logic.closeWorkspace()
+
+
+def test_label_round_trip_through_a_segmentation(logic, workspace_folder):
+    from ASSFTLib.io import read_volume
+
+    logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    case_id = logic.workspace.unlabeled_ids()[0]
+    image_node, seg_node, source = logic.loadCase(case_id, prefill=True)  # no model: starts empty
+    assert source == "empty"
+    image = read_volume(logic.workspace.image_path(case_id))
+    np.testing.assert_allclose(mrml.node_affine(image_node), image.affine, atol=1e-6)
+
+    label = np.zeros(image.array.shape, np.uint8)
+    label[3:9, 4:12, 2:7] = 1
+    mrml.segmentation_from_labelmap(logic.scene, label, image.affine, logic.workspace.classes,
+                                    reference_node=image_node, node=seg_node)  # what painting does
+    path = logic.saveCurrentLabel(user="pytest")
+    np.testing.assert_array_equal(read_volume(path, kind="label").array, label)
+    assert case_id in logic.workspace.labeled_ids()
+
+    # loading it again starts from the saved label
+    _, seg_node2, source2 = logic.loadCase(case_id)
+    assert "from" in source2
+    back, _ = mrml.labelmap_from_segmentation(seg_node2, image_node, len(logic.workspace.classes))
+    np.testing.assert_array_equal(back, label)
+    logic.closeWorkspace()
+
+
+def test_saving_without_a_loaded_case_is_a_clear_error(logic, workspace_folder):
+    from ASSFTLib.errors import ASSFTError
+
+    with pytest.raises(ASSFTError, match="no workspace"):
+        logic.updateWorklist()
+    logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    with pytest.raises(ASSFTError, match="no case is loaded"):
+        logic.saveCurrentLabel()
+    logic.closeWorkspace()
+
+
+def test_job_events_become_panel_text(module):
+    describe = module.ASSFTLogic.describeEvent
+    progress = describe({"event": "progress", "kind": "train", "phase": "train", "step": 30, "total": 120,
+                         "loss": 0.51234, "eta_s": 75})
+    assert progress["fraction"] == pytest.approx(0.25)
+    assert "30/120" in progress["text"] and "0.5123" in progress["text"] and "1:15" in progress["text"]
+    result = describe({"event": "result", "kind": "train", "metrics": {"heldout_dice": 0.8123}})
+    assert result["fraction"] == 1.0 and "0.812" in result["quality"]
+    error = describe({"event": "error", "message": "model.pt: cannot be read (choose another file)"})
+    assert error["fraction"] is None and error["text"].startswith("Failed: model.pt")
+    assert "resumed" in describe({"event": "cancelled", "resumable": True})["text"]
+
+
+def test_job_poller_against_a_real_worker(logic, workspace_folder):
+    """A score job on a workspace without a model fails; the panel polls until the process exits."""
+    logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    job = logic.startJob("score")
+    events, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events += job.poll()  # what the QTimer does; never blocks
+        if events and events[-1]["event"] == "exit":
+            break
+        time.sleep(0.1)
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "exit" and events[-1]["returncode"] != 0, kinds
+    assert "error" in kinds, kinds
+    error = next(e for e in events if e["event"] == "error")
+    shown = logic.describeEvent(error)["text"]
+    assert shown.startswith("Failed:") and len(shown) > len("Failed: ")
+    logic.closeWorkspace()

@@ -1,0 +1,206 @@
+"""Fine-tuning rounds and pretraining on tiny synthetic volumes (real files, real SQLite, few steps)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ASSFTLib import scoring, synthetic, training
+from ASSFTLib.errors import JobCancelled, WorkspaceError
+from ASSFTLib.io import read_volume
+from ASSFTLib.models import encoder_parameter_names, load_model
+from ASSFTLib.settings import Settings
+from ASSFTLib.workspace import Workspace
+
+SHAPE = (24, 24, 24)
+N_CASES = 6
+N_LABELED = 3
+pytestmark = pytest.mark.filterwarnings("ignore::ASSFTLib.training.TrainingWarning")
+
+
+def tiny_settings(**changes) -> Settings:
+    """Settings small enough for a shared 2-core machine: 16^3 patches, no test-time flips, a few steps."""
+    base = dict(steps=4, batch_size=1, patch_size=(16, 16, 16), tta_flips=False, sw_batch_size=1,
+                kfold_min_labels=3, num_threads=1, device="cpu")
+    return Settings(**{**base, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return synthetic.make_dataset(tmp_path_factory.mktemp("tiny") / "Task98_Tiny", N_CASES, ("clean",), seed=0,
+                                  shape=SHAPE)
+
+
+@pytest.fixture(scope="session")
+def foundation_file(tiny_dataset, tmp_path_factory) -> Path:
+    """A foundation checkpoint made by the project's own pretraining (a few steps)."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("foundation") / "foundation.pt"
+    training.pretrain(training.expand_image_paths([tiny_dataset]), out, tiny_settings(steps=3))
+    return out
+
+
+def make_workspace(folder: Path, dataset: Path, foundation: Path, settings: Settings,
+                   n_labeled: int = N_LABELED) -> Workspace:
+    """A workspace whose first ``n_labeled`` cases carry their reference labels, with a foundation model."""
+    ws = Workspace.create(folder, dataset, settings=settings, import_labels=False)
+    for case in ws.cases()[:n_labeled]:
+        ws.save_label(case.case_id, read_volume(case.reference_label, kind="label").array, user="test")
+    ws.register_model(foundation, kind="foundation")
+    return ws
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_dataset, foundation_file) -> Workspace:
+    ws = make_workspace(tmp_path / "ws", tiny_dataset, foundation_file, tiny_settings())
+    yield ws
+    ws.close()
+
+
+def _checkpoint_extra(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["extra"]
+
+
+def test_pretrain_writes_reconstruction_checkpoint_with_pretext_and_bn_stats(foundation_file):
+    loaded = load_model(foundation_file)
+    assert loaded.spec.task == "reconstruction" and not loaded.spec.has_task_head
+    assert loaded.spec.kwargs["out_channels"] == 1
+    assert loaded.pretext is not None and loaded.pretext.spec.task == "reconstruction"
+    bns = [m for m in loaded.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(int(m.num_batches_tracked) == 3 for m in bns)
+    assert any(not torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
+
+
+def test_pretext_loss_only_counts_hidden_voxels():
+    net = torch.nn.Identity()
+    image = torch.randn(1, 1, 8, 8, 8)
+    mask = training.block_mask(image.shape, torch.Generator().manual_seed(0), block=4, ratio=0.5)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.shape == image.shape
+    # identity "reconstructs" the visible voxels perfectly and the hidden ones as 0
+    expected = (image[mask.bool()] ** 2).mean()
+    assert training.pretext_loss(net, image, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_round_registers_model_only_at_the_end_with_held_out_quality(workspace):
+    foundation = workspace.current_model()
+    seen = []
+    with pytest.warns(training.TrainingWarning, match="cold start"):
+        result = training.finetune_round(workspace, tiny_settings(), progress=lambda s, t, i: seen.append((s, t, i)))
+    current = workspace.current_model()
+    assert current.id == result["model_id"] != foundation.id
+    new = load_model(current.path)
+    assert new.spec.has_task_head and new.spec.classes == list(synthetic.CLASSES)
+    metrics = result["metrics"]
+    assert len(metrics["heldout"]) == 1 and metrics["heldout"][0] in workspace.labeled_ids()
+    assert 0.0 <= metrics["heldout_dice"] <= 1.0
+    trained_on = _checkpoint_extra(current.path)["trained_on"]
+    assert set(trained_on).isdisjoint(metrics["heldout"]) and len(trained_on) == N_LABELED - 1
+    train_steps = [s for s, t, i in seen if i.get("phase") == "train"]
+    assert train_steps == list(range(1, 5))
+    assert [r.status for r in workspace.rounds("train")] == ["finished"]
+    assert workspace.rounds("train")[0].model_id == current.id
+
+
+def test_second_round_uses_ssft_selection_and_respects_qa(workspace):
+    settings = tiny_settings(confidence_threshold=0.0, distance_percentile=100.0)
+    training.finetune_round(workspace, settings)
+    scoring.score_cases(workspace, settings)
+    teacher = load_model(workspace.current_model().path)
+    before = training.select_round_pseudo(workspace, teacher, settings)
+    assert before is not None and {d.case_id for d in before.decisions} == set(workspace.unlabeled_ids())
+    rejected = before.decisions[0].case_id
+    workspace.set_qa(rejected, "rejected", user="test")
+    expected = training.select_round_pseudo(workspace, teacher, settings)
+    result = training.finetune_round(workspace, settings)
+    assert expected.selected and result["metrics"]["pseudo_ids"] == expected.selected
+    assert rejected not in result["metrics"]["pseudo_ids"]
+    assert result["metrics"]["start"] == "current"
+
+
+def test_accepted_pseudo_label_is_promoted(workspace):
+    case = workspace.unlabeled_ids()[0]
+    ref = read_volume(workspace.case(case).reference_label, kind="label")
+    from ASSFTLib.io import write_volume
+    write_volume(workspace.folder / "pseudo" / f"{case}.nii.gz", ref.array, ref.affine)
+    workspace.set_qa(case, "accepted", user="test")
+    result = training.finetune_round(workspace, tiny_settings())
+    assert result["metrics"]["qa_promoted"] == [case]
+    assert case in _checkpoint_extra(Path(result["model_path"]))["trained_on"]
+
+
+def test_frozen_encoder_keeps_foundation_encoder(workspace):
+    foundation = load_model(workspace.foundation_model().path)
+    result = training.finetune_round(workspace, tiny_settings(finetune_mode="frozen_encoder", learning_rate=1e-2))
+    new = load_model(result["model_path"])
+    enc = encoder_parameter_names(new.network, new.spec)
+    old_state, new_state = foundation.network.state_dict(), new.network.state_dict()
+    assert enc and all(torch.equal(old_state[n], new_state[n]) for n in enc)
+    shared_decoder = [n for n, _ in new.network.named_parameters()
+                      if n not in enc and n in old_state and old_state[n].shape == new_state[n].shape]
+    assert any(not torch.equal(old_state[n], new_state[n]) for n in shared_decoder)
+
+
+def test_cancel_saves_state_and_resume_finishes(workspace, tmp_path):
+    foundation = workspace.current_model()
+    job_dir = tmp_path / "job"
+    steps = []
+
+    def progress(step, total, info):
+        if info.get("phase") == "train":
+            steps.append(step)
+
+    with pytest.raises(JobCancelled):
+        training.finetune_round(workspace, tiny_settings(), progress=progress, should_stop=lambda: len(steps) >= 2,
+                                job_dir=job_dir)
+    assert workspace.current_model().id == foundation.id
+    assert (job_dir / training.STATE_FILE).exists()
+    assert [r.status for r in workspace.rounds("train")] == ["cancelled"]
+    result = training.finetune_round(workspace, tiny_settings(), progress=progress, resume=True, job_dir=job_dir)
+    assert steps == [1, 2, 3, 4]
+    assert workspace.current_model().id == result["model_id"] != foundation.id
+    assert not (job_dir / training.STATE_FILE).exists()
+    assert [r.status for r in workspace.rounds("train")] == ["cancelled", "finished"]
+
+
+def test_no_labels_is_refused_before_a_round_starts(tmp_path, tiny_dataset, foundation_file):
+    with make_workspace(tmp_path / "ws", tiny_dataset, foundation_file, tiny_settings(), n_labeled=0) as ws:
+        with pytest.raises(WorkspaceError, match="no labeled volumes"):
+            training.finetune_round(ws, tiny_settings())
+        assert ws.rounds() == [] and ws.current_model().kind == "foundation"
+
+
+def test_holdout_fold_rotates_over_all_labels():
+    settings = Settings(kfold_min_labels=3)
+    ids = [f"c{i}" for i in range(7)]
+    folds = [training.holdout_fold(ids, settings, r) for r in range(3)]
+    assert sorted(sum(folds, [])) == ids
+    assert all(2 <= len(f) <= 3 for f in folds)
+    assert training.holdout_fold(ids, settings, 3) == folds[0]
+    assert training.holdout_fold(ids[:2], settings, 0) == []
+    assert training.holdout_fold(ids, Settings(kfold_min_labels=0), 0) == []
+
+
+def test_masked_dice_ce_ignores_masked_voxels():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 4, 4, 4)
+    target = torch.randint(0, 3, (1, 1, 4, 4, 4))
+    weight = torch.ones(1, 1, 4, 4, 4)
+    weight[..., :2] = 0
+    loss = training.MaskedDiceCELoss()
+    scrambled = target.clone()
+    scrambled[..., :2] = (scrambled[..., :2] + 1) % 3
+    assert loss(logits, target, weight).item() == pytest.approx(loss(logits, scrambled, weight).item(), rel=1e-6)
+    assert loss(logits, target, torch.ones_like(weight)).item() != pytest.approx(
+        loss(logits, scrambled, torch.ones_like(weight)).item(), rel=1e-3)
+
+
+def test_pseudo_case_weights_follow_voxel_confidence(tiny_dataset):
+    image = training.expand_image_paths([tiny_dataset])[0]
+    probs = np.full((3, *SHAPE), 0.1, dtype=np.float32)
+    probs[0] = 0.8
+    probs[:, :4] = np.array([0.4, 0.3, 0.3], dtype=np.float32)[:, None, None, None]
+    case = training.pseudo_case("x", image, probs, {"normalize": "zscore"}, tau_v=0.7)
+    assert case.weight.shape == case.label.shape == case.image.shape == (1, *SHAPE)
+    assert case.weight[0, :4].sum() == 0 and case.weight[0, 4:].min() == 1

@@ -211,3 +211,23 @@ def test_cli_score_and_rank_write_the_table(workspace, tmp_path, capsys):
     assert len(pool) == 5 and sum(r["picked"] == "True" for r in rows) == 3
     assert all(r["case_id"] in printed for r in pool)
     assert json.loads(out_json.read_text())["picked"] == [r["case_id"] for r in pool[:3]]
+
+
+def test_pretext_divergence_is_the_pretraining_loss_on_a_fixed_mask(tmp_path):
+    from ASSFTLib import training
+    torch.manual_seed(2)
+    recon_spec = training.reconstruction_spec(PATCH).replace(kwargs={**_tiny_spec().kwargs, "out_channels": 1})
+    recon = models.build_network(recon_spec)
+    path = tmp_path / "foundation.pt"
+    models.save_checkpoint(path, recon, recon_spec, pretext=(recon, recon_spec))
+    foundation = models.load_model(path)
+    image, _, affine = synthetic.make_case(3, shape=PATCH)  # one window: stitching is the identity
+    vol = Volume(image, affine)
+    s = scoring.score_volume(foundation, foundation, vol, Settings(seed=4))
+    assert s.K["pretext"] > 0 and "bnstats" in s.K and s.asd is None
+    from ASSFTLib.preprocess import prepare_image
+    x, _ = prepare_image(vol, recon_spec.preprocessing)
+    mask = training.block_mask(x.shape, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = float(training.pretext_loss(foundation.pretext.network, x, mask))
+    assert s.K["pretext"] == pytest.approx(expected, rel=1e-4)

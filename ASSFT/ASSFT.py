@@ -7,7 +7,6 @@ and is tested outside Slicer; :class:`ASSFTLogic` below wires those together
 for the panel and holds no Qt either.
 """
 import importlib.util
-import logging
 import os
 import sys
 from pathlib import Path

@@ -8,7 +8,9 @@ matplotlib's Agg backend and embedded as base64, so the file can be mailed or
 archived alone.
 
 The core (:func:`slice_panel_png`, :func:`render_html`) takes arrays and knows
-nothing of the workspace; :func:`write_report` gathers a workspace's cases.
+nothing of the workspace; :func:`write_report` gathers a workspace's cases from
+the cached scores (``scoring.rank_cases``) and the SSFT selection
+(``training.select_round_pseudo``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -207,3 +209,100 @@ def write_html(out_html: str | Path, sections: Sequence[ReportSection], title: s
     out_html = Path(out_html)
     atomic_write_text(out_html, render_html(sections, title=title, intro=intro))
     return out_html
+
+
+# ----------------------------------------------------------------------------
+# A workspace -> page
+def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
+                 progress: Callable[[int, int, dict], None] | None = None) -> Path:
+    """Write the QA page of ``workspace``: the ``top`` ranked unlabeled cases and every SSFT candidate.
+
+    Ranked cases show the current model's prediction (when it has a task head);
+    candidates show their pseudo-label (``pseudo/<case>.nii.gz`` when written for
+    review, else the model's argmax with low-confidence voxels kept).  Scores come
+    from the cache: run ``assft score`` first.  ``progress(step, total, info)`` is
+    called once per case drawn.
+    """
+    from . import scoring, ssft, training
+    from .io import read_volume
+    from .models import load_model
+
+    ws = workspace
+    settings = settings or ws.settings
+    summary = ws.summary()
+    intro: dict[str, Any] = {"workspace": str(ws.folder), "cases": summary["cases"], "labeled": summary["labeled"],
+                             "unlabeled": summary["unlabeled"]}
+    current = ws.current_model()
+    if current is None:
+        intro["model"] = "none: register a foundation model and score"
+        return write_html(out_html, [], title="ASSFT report", intro=intro)
+    intro["model"] = f"#{current.id} {current.kind} {current.checksum}"
+    model = load_model(current.path, device=settings.resolved_device())
+    can_segment = model.spec.has_task_head
+
+    table = scoring.rank_cases(ws, settings)
+    intro["strategy"] = table.strategy
+    ranked = [r for r in table.rows if r.status == "pool"][:max(0, int(top))]
+    selection = training.select_round_pseudo(ws, current, settings) if can_segment else None
+    candidates = selection.selected if selection is not None else []
+    if selection is not None:
+        intro["tau_c"], intro["tau_d"], intro["pseudo cap"] = selection.tau_c, selection.tau_d, selection.cap
+    qa = ws.qa_decisions()
+    total = len(ranked) + len(candidates)
+
+    def drawn(i: int, case_id: str) -> None:
+        if progress is not None:
+            progress(i, total, {"case": case_id})
+
+    ranked_entries = []
+    for i, row in enumerate(ranked, start=1):
+        volume = read_volume(ws.image_path(row.case_id))
+        overlay = _prediction(model, volume, settings) if can_segment else None
+        numbers = {"rank": row.rank, "picked this round": row.picked, "K": row.K, "ASD": row.ASD,
+                   "Div": row.Div, "q": row.q, "confidence": row.confidence}
+        note = "" if can_segment else "the model has no task head yet: image only"
+        ranked_entries.append(ReportEntry(row.case_id, volume.array, overlay, _spacing(volume.affine), numbers, note))
+        drawn(i, row.case_id)
+
+    decisions = {d.case_id: d for d in selection.decisions} if selection is not None else {}
+    pseudo_entries = []
+    for i, case_id in enumerate(candidates, start=len(ranked) + 1):
+        volume = read_volume(ws.image_path(case_id))
+        written = ws.folder / "pseudo" / f"{case_id}{training.PSEUDO_SUFFIX}"
+        if written.exists():
+            overlay, source = read_volume(written, kind="label").array, "written for review"
+        else:
+            overlay, _ = ssft.pseudo_target(_probabilities(model, volume, settings), settings.voxel_confidence)
+            source = "current model, not yet written"
+        d = decisions[case_id]
+        numbers = {"confidence c": d.confidence, "distance d": d.distance, "priority c(1-d)": d.priority,
+                   "QA": qa.get(case_id, "not reviewed"), "pseudo-label": source}
+        pseudo_entries.append(ReportEntry(case_id, volume.array, overlay, _spacing(volume.affine), numbers))
+        drawn(i, case_id)
+
+    sections = [
+        ReportSection("Ranked for labeling",
+                      f"The first {len(ranked)} unlabeled volumes of the worklist ({table.strategy}), with the "
+                      "current model's prediction." + (" " + " ".join(table.notes) if table.notes else ""),
+                      ranked_entries),
+        ReportSection("Pseudo-label candidates",
+                      "Unlabeled volumes SSFT would add as pseudo-labeled training data (confidence >= tau_c, "
+                      "distance to the labeled set <= tau_d, at most rho * |L|)." if selection is not None else
+                      "None yet: the model needs a task head, cached scores and at least one labeled volume.",
+                      pseudo_entries),
+    ]
+    return write_html(out_html, sections, title="ASSFT report", intro=intro)
+
+
+def _probabilities(model, volume, settings) -> np.ndarray:
+    from .inference import predict_probs
+    return predict_probs(model, volume, settings)
+
+
+def _prediction(model, volume, settings) -> np.ndarray:
+    """(X, Y, Z) argmax of the model's test-time averaged probabilities."""
+    return np.argmax(_probabilities(model, volume, settings), axis=0).astype(np.uint8)

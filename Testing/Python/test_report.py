@@ -83,3 +83,56 @@ def test_write_html_embeds_every_case_with_its_numbers(tmp_path):
     assert "None." in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     assert not list((tmp_path / "sub").glob("*.tmp*"))
+
+
+# ----------------------------------------------------------------------------
+# a whole workspace, through the command line
+CLASSES_SHAPE = (20, 24, 18)
+
+
+def _workspace(tmp_path, with_model: bool):
+    import torch
+
+    from ASSFTLib import models, scoring, synthetic
+    from ASSFTLib.workspace import Workspace
+
+    data = synthetic.make_dataset(tmp_path / "data", 4, ("clean", "bias_contrast"), shape=CLASSES_SHAPE)
+    ws = Workspace.create(tmp_path / "ws", data, import_labels=False)
+    if with_model:
+        torch.manual_seed(0)
+        spec = models.default_spec(ws.classes, patch_size=(16, 16, 16))
+        spec = spec.replace(kwargs={**spec.kwargs, "channels": [4, 8, 16], "strides": [2, 2]}, has_task_head=True)
+        models.save_checkpoint(tmp_path / "m.pt", models.build_network(spec), spec)
+        ws.register_model(tmp_path / "m.pt", kind="foundation")
+        ws.save_label("synth_000", synthetic.make_case((0, 0), "clean", CLASSES_SHAPE)[1])
+        ws.save_settings(ws.settings.replace(tta_flips=False, device="cpu"))
+        scoring.score_cases(ws)
+    return ws
+
+
+def test_report_command_on_a_scored_workspace(tmp_path):
+    from ASSFTLib import cli
+
+    ws = _workspace(tmp_path, with_model=True)
+    # an admitting threshold, so that the candidate section is drawn too (not a scoring field: cache stays valid)
+    ws.save_settings(ws.settings.replace(confidence_threshold=0.0, distance_percentile=100.0))
+    unlabeled = ws.unlabeled_ids()
+    ws.close()
+    out = tmp_path / "qa.html"
+    assert cli.main(["report", str(tmp_path / "ws"), "--out", str(out), "--top", "2"]) == 0
+    page = out.read_text()
+    assert "Ranked for labeling" in page and "Pseudo-label candidates" in page
+    shown = [c for c in unlabeled if f'id="{c}"' in page]
+    pngs = _decode_pngs(page)
+    assert len(shown) >= 2 and len(pngs) == page.count('class="entry"') >= 2
+    assert "confidence c" in page  # at least one candidate passed the open filter
+
+
+def test_report_without_a_model_says_so(tmp_path):
+    from ASSFTLib.report import write_report
+
+    ws = _workspace(tmp_path, with_model=False)
+    page = write_report(ws, tmp_path / "r.html").read_text()
+    ws.close()
+    assert "register a foundation model" in page
+    assert not _decode_pngs(page)

@@ -220,10 +220,10 @@ def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool
         emit("cancelled", message=str(exc), resumable=True, job_dir=str(args.job_dir))
         return EXIT_CANCELLED
     except WorkspaceBusy as exc:
-        emit("error", message=str(exc), code=EXIT_BUSY, **exc.to_dict())
+        emit("error", **{**exc.to_dict(), "message": str(exc)}, code=EXIT_BUSY)
         return EXIT_BUSY
     except ASSFTError as exc:
-        emit("error", message=str(exc), **exc.to_dict())
+        emit("error", **{**exc.to_dict(), "message": str(exc)})
         return EXIT_ERROR
     except Exception as exc:  # an unexpected failure still ends with one clear event
         emit("error", message=f"{type(exc).__name__}: {exc}", type=type(exc).__name__,

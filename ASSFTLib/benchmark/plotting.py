@@ -1,0 +1,52 @@
+"""Figures of the benchmarks (matplotlib, headless Agg backend, written atomically)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..fileutil import atomic_path
+
+#: One colour per strategy, stable across figures; the method drawn thickest.
+COLORS = {"random": "#7f7f7f", "entropy": "#bcbd22", "bald": "#8c564b", "coreset": "#17becf", "dkd": "#9467bd",
+          "asd": "#e377c2", "atsq": "#1f77b4", "random+ssft": "#ff7f0e", "assft": "#d62728"}
+
+
+def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> Path:
+    """Test Dice vs number of labels, one panel per setting: mean over seeds with a ±1 SD band.
+
+    summary: :func:`label_efficiency.summarize` output.  The upper bound (all
+    pool labels) is a dashed line with its own band.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(summary)
+    fig, axes = plt.subplots(1, max(1, len(settings)), figsize=(6.2 * max(1, len(settings)), 4.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        entry = summary[setting]
+        for name, s in entry["strategies"].items():
+            x, m, sd = np.array(s["labels"]), np.array(s["dice_mean"]), np.array(s["dice_sd"])
+            wide = name in ("assft", "atsq")
+            ax.plot(x, m, marker="o", ms=3.5, lw=2.4 if wide else 1.3, color=COLORS.get(name),
+                    label=f"{name} (n={s['n_seeds']})", zorder=3 if wide else 2)
+            ax.fill_between(x, m - sd, m + sd, color=COLORS.get(name), alpha=0.12, lw=0)
+        ub = entry["upper_bound"]
+        if ub["mean"] is not None:
+            ax.axhline(ub["mean"], color="k", ls="--", lw=1, label="all 120 pool labels")
+            ax.axhspan(ub["mean"] - ub["sd"], ub["mean"] + ub["sd"], color="k", alpha=0.06, lw=0)
+            ax.axhline(0.95 * ub["mean"], color="k", ls=":", lw=0.8, label="95% of upper bound")
+        ax.set_title(f"hippo-{setting} (seeds: {len(entry['seeds'])})")
+        ax.set_xlabel("labeled target volumes")
+        ax.set_ylabel("test Dice (mean of anterior, posterior)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,93 @@
+"""`assft benchmark`: label efficiency on real data and speed (``../shared/BENCHMARK.md``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="run the label-efficiency or speed benchmark",
+                       description="Benchmarks that write a JSON file of every number (with the machine, command, "
+                                   "date and commit), a plot, and print a table.")
+    bsub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    bsub.required = True
+
+    le = bsub.add_parser("label-efficiency", help="simulated annotator on an MSD dataset (hippo-multisite/plain)",
+                         description="A simulated annotator runs ASSFT's own loop (workspace, scoring, ranking, "
+                                     "fine-tuning rounds) for each query strategy and reports test Dice vs labels.")
+    le.add_argument("--data", required=True, type=Path, help="MSD-layout folder (e.g. Task04_Hippocampus)")
+    le.add_argument("--test-data", type=Path, help="evaluate on this MSD-layout folder instead, with the same shifts")
+    le.add_argument("--profile", choices=("quick", "full"), default="quick")
+    le.add_argument("--setting", choices=("multisite", "plain", "both"), default="both",
+                    help="multisite: three scanner shifts on the target; plain: none (default: both)")
+    le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
+    le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
+    le.add_argument("--strategies", help="comma-separated subset of the profile's strategies")
+    le.add_argument("--rounds", type=int, help="query rounds after the cold start (default: the profile's)")
+    le.add_argument("--pretrain-steps", type=int, help="pretraining steps of the foundation model")
+    le.add_argument("--cold-steps", type=int, help="fine-tuning steps of the cold-start round")
+    le.add_argument("--round-steps", type=int, help="fine-tuning steps of each later round")
+    le.add_argument("--jobs", type=int, default=1, help="(setting, seed) units run in parallel processes")
+    le.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
+    le.set_defaults(func=run)
+
+    sp = bsub.add_parser("speed", help="scoring, re-ranking and fine-tuning speed as ratios",
+                         description="Scoring volumes/s (full ATSQ scoring vs plain sliding-window passes vs MONAI "
+                                     "Label's 5-pass MC-dropout), re-ranking 1,000 cached volumes, fine-tuning "
+                                     "steps/s and peak memory, and one large CT-sized volume.")
+    sp.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sp.add_argument("--volumes", type=int, default=8, help="volumes scored per method")
+    sp.add_argument("--volume-size", default="36,50,36", help="size of the scored volumes (X,Y,Z)")
+    sp.add_argument("--pool", type=int, default=1000, help="cached volumes to re-rank")
+    sp.add_argument("--train-steps", type=int, default=20, help="timed fine-tuning steps")
+    sp.add_argument("--large-size", default="512,512,300",
+                    help="size of the large volume (X,Y,Z), or 'none' to skip it")
+    sp.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    sp.set_defaults(func=run)
+
+
+def _size(text: str) -> tuple[int, int, int] | None:
+    if text.lower() == "none":
+        return None
+    parts = tuple(int(v) for v in text.split(","))
+    if len(parts) != 3 or min(parts) < 1:
+        from ..errors import ASSFTError
+        raise ASSFTError(f"size {text!r} must be three positive integers X,Y,Z", hint="for example 512,512,300")
+    return parts
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+    torch.set_num_threads(max(1, args.threads))
+    from ..settings import Settings
+    command = ["assft", *sys.argv[1:]]
+    if args.benchmark == "speed":
+        from ..benchmark import speed
+        result = speed.run(args.out, Settings(device=args.device, num_threads=args.threads),
+                           n_volumes=args.volumes, volume_size=_size(args.volume_size), pool_size=args.pool,
+                           train_steps=args.train_steps, large_size=_size(args.large_size), command=command)
+        print(speed.format_table(result))
+        return 0
+    from ..benchmark import label_efficiency as le
+    profile = le.PROFILES[args.profile]
+    changes = {k: v for k, v in {"seeds": args.seeds, "rounds": args.rounds, "pretrain_steps": args.pretrain_steps,
+                                 "cold_steps": args.cold_steps, "round_steps": args.round_steps}.items()
+               if v is not None}
+    if args.strategies:
+        names = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+        unknown = [n for n in names if n not in le.STRATEGIES]
+        if unknown:
+            from ..errors import ASSFTError
+            raise ASSFTError(f"unknown strategies: {', '.join(unknown)}", hint=f"choose from {', '.join(le.STRATEGIES)}")
+        changes["strategies"] = names
+    profile = dataclasses.replace(profile, **changes)
+    settings_names = le.SETTINGS if args.setting == "both" else (args.setting,)
+    result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
+                    base=Settings(num_threads=args.threads), jobs=args.jobs, command=command)
+    print(le.format_table(result["summary"]))
+    print(f"results: {Path(args.out) / f'label_efficiency_{profile.name}.json'} (+ .png)")
+    return 0

@@ -1,0 +1,151 @@
+"""Benchmarks: the split rule, the summary arithmetic, and both commands end to end.
+
+The end-to-end tests run the real pipeline (workspace, scoring, ranking,
+fine-tuning, evaluation) on tiny budgets and check that every number is
+well-formed; they assert no particular Dice and no timing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ASSFTLib.benchmark import label_efficiency as le
+from ASSFTLib.errors import DatasetError
+
+IDS = [f"hippocampus_{i:03d}" for i in range(260)]
+
+
+def test_split_sizes_disjoint_and_fixed():
+    split = le.make_split(IDS[:220])
+    assert (len(split.source), len(split.pool), len(split.test)) == (60, 120, 40)
+    assert len(set(split.source) | set(split.pool) | set(split.test)) == 220
+    assert set(split.scanner) == set(split.pool) | set(split.test)
+    again = le.make_split(list(reversed(IDS[:220])))
+    assert again == split, "the split must depend on the case ids only, not their order"
+    assert le.make_split(IDS[:220], seed=le.SPLIT_SEED + 1).pool != split.pool
+
+
+def test_scanner_shares_are_exact_in_pool_and_test():
+    split = le.make_split(IDS[:220])
+    pool = Counter(split.scanner[c] for c in split.pool)
+    test = Counter(split.scanner[c] for c in split.test)
+    assert [pool[n] for n, _, _ in le.SCANNERS] == [72, 36, 12]
+    assert [test[n] for n, _, _ in le.SCANNERS] == [24, 12, 4]
+
+
+def test_assign_scanners_largest_remainder():
+    counts = Counter(le.assign_scanners([str(i) for i in range(7)], np.random.default_rng(0)).values())
+    assert sum(counts.values()) == 7
+    assert counts["scanner_A"] == 4 and counts["scanner_B"] == 2 and counts["scanner_C"] == 1
+
+
+def test_subset_split_is_a_prefix_of_the_full_one():
+    full = le.make_split(IDS[:220])
+    small = le.make_split(IDS[:220], {"source": 3, "pool": 5, "test": 2})
+    assert small.pool == full.pool[:5] and small.test == full.test[:2] and small.source == full.source[:3]
+
+
+def test_split_refuses_too_few_cases():
+    with pytest.raises(DatasetError, match="220"):
+        le.make_split(IDS[:100])
+
+
+def _unit(setting, seed, dices, upper):
+    rounds = [{"labels": 2 * (i + 1), "dice": d, "dice_per_scanner": {"scanner_A": d, "scanner_B": d / 2}}
+              for i, d in enumerate(dices)]
+    return {"setting": setting, "seed": seed, "upper_bound": {"dice": upper},
+            "strategies": {"random": {"rounds": rounds}}}
+
+
+def test_summary_means_spread_auc_and_labels_to_target():
+    units = [_unit("plain", 0, [0.2, 0.5, 0.8], 0.8), _unit("plain", 1, [0.4, 0.7, 0.7], 0.8)]
+    s = le.summarize(units)["plain"]["strategies"]["random"]
+    assert s["labels"] == [2, 4, 6]
+    assert s["dice_mean"] == pytest.approx([0.3, 0.6, 0.75])
+    assert s["dice_sd"] == pytest.approx([0.1, 0.1, 0.05])
+    # trapezoid / span: seed 0 (0.35 + 0.65) / 2 = 0.5, seed 1 (0.55 + 0.7) / 2 = 0.625
+    assert s["nauc"]["mean"] == pytest.approx(0.5625)
+    # 95 % of 0.8 = 0.76: seed 0 reaches it at 6 labels, seed 1 never
+    assert s["labels_to_95"]["per_seed"] == [6.0, None] and s["labels_to_95"]["reached"] == 1
+    assert s["dice_per_scanner"]["scanner_B"]["mean"] == pytest.approx([0.15, 0.3, 0.375])
+    table = le.format_table(le.summarize(units))
+    assert "hippo-plain" in table and "random" in table and "6 (1/2)" in table
+
+
+def _check_round(r, n_scanners):
+    assert 0.0 <= r["dice"] <= 1.0
+    assert len(r["dice_per_class"]) == len(le.EVAL_CLASSES)
+    assert all(0.0 <= v <= 1.0 for v in r["dice_per_class"])
+    assert 1 <= len(r["dice_per_scanner"]) <= n_scanners
+    assert all(0.0 <= v <= 1.0 for v in r["dice_per_scanner"].values())
+
+
+def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
+    profile = dataclasses.replace(le.PROFILES["quick"], pretrain_steps=2, cold_steps=2, round_steps=2)
+    result = le.run(hippo_dir, tmp_path, profile, ("multisite",), progress=lambda _: None)
+    assert (tmp_path / "label_efficiency_quick.png").stat().st_size > 0
+    on_disk = json.loads((tmp_path / "label_efficiency_quick.json").read_text())
+    assert on_disk["summary"] == json.loads(json.dumps(result["summary"]))
+    for key in ("machine", "command", "date", "commit", "split", "protocol", "profile"):
+        assert key in on_disk
+    assert len(on_disk["split"]["pool"]) == profile.sizes["pool"]
+
+    # the shifted images live in the cache with the original geometry
+    from ASSFTLib.io import read_volume
+    case = on_disk["split"]["pool"][0]
+    shifted = read_volume(tmp_path / "cache" / "multisite" / "pool" / "imagesTr" / f"{case}.nii.gz")
+    original = read_volume(hippo_dir / "imagesTr" / f"{case}.nii.gz")
+    assert np.allclose(shifted.affine, original.affine, atol=1e-4) and shifted.shape == original.shape
+    assert not np.allclose(shifted.array, original.array)
+
+    (unit,) = result["units"]
+    assert set(unit["strategies"]) == set(profile.strategies)
+    labels_expected = [profile.budget * (r + 1) for r in range(profile.rounds + 1)]
+    picked_by = {}
+    for name, s in unit["strategies"].items():
+        assert [r["labels"] for r in s["rounds"]] == labels_expected
+        for r in s["rounds"]:
+            _check_round(r, len(le.SCANNERS))
+            assert len(r["picked"]) == profile.budget
+        all_picked = [c for r in s["rounds"] for c in r["picked"]]
+        assert len(set(all_picked)) == len(all_picked), "a volume was labeled twice"
+        assert set(all_picked) <= set(on_disk["split"]["pool"])
+        picked_by[name] = all_picked
+        if le.STRATEGIES[name].ssft:
+            for r in s["rounds"][1:]:
+                p = r["pseudo"]
+                assert 0 <= p["admitted"] <= 2 * (r["labels"] - profile.budget)
+                assert len(p["dice"]) == p["admitted"] and all(0.0 <= d <= 1.0 for d in p["dice"].values())
+    # ATSQ and ASSFT replay the same DKD cold start
+    assert unit["strategies"]["atsq"]["rounds"][0] == unit["strategies"]["assft"]["rounds"][0]
+    ub = unit["upper_bound"]
+    assert ub["labels"] == profile.sizes["pool"] and 0.0 <= ub["dice"] <= 1.0
+
+    summary = result["summary"]["multisite"]
+    for name in profile.strategies:
+        s = summary["strategies"][name]
+        assert 0.0 <= s["nauc"]["mean"] <= 1.0 and s["n_seeds"] == 1
+        assert s["labels"] == labels_expected
+
+
+def test_speed_end_to_end(tmp_path):
+    from ASSFTLib.benchmark import speed
+    from ASSFTLib.settings import Settings
+    result = speed.run(tmp_path, Settings(device="cpu"), n_volumes=2, volume_size=(24, 32, 24), pool_size=30,
+                       train_steps=2, large_size=(40, 48, 40), patch_size=(16, 24, 16), progress=lambda _: None)
+    on_disk = json.loads((tmp_path / "speed_cpu.json").read_text())
+    assert on_disk["scoring"]["volumes"] == 2 and on_disk["rerank"]["pool"] == 30
+    for key in ("atsq_full_vol_per_s", "plain_passes_vol_per_s", "monai_label_mc5_vol_per_s",
+                "atsq_overhead_vs_plain", "atsq_speedup_vs_monai_label_mc5"):
+        v = result["scoring"][key]
+        assert math.isfinite(v) and v > 0
+    assert result["rerank"]["rerank_seconds_median"] > 0
+    assert result["finetune"]["steps_per_s"] > 0 and result["finetune"]["peak_memory_mib"] >= 0
+    assert result["large_volume"]["shape"] == [40, 48, 40] and result["large_volume"]["seconds"] > 0
+    assert "machine" in on_disk and "commit" in on_disk
+    assert "vol/s" in speed.format_table(result)

@@ -9,12 +9,12 @@ for the panel and holds no Qt either.
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -326,7 +326,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onJobButton(self, kind: str) -> None:
         if self._job is not None:
             self.logic.requestCancel(self._job)
-            self._cancelDeadline = vtk.vtkTimerLog.GetUniversalTime() + CANCEL_GRACE_S
+            self._cancelDeadline = time.monotonic() + CANCEL_GRACE_S
             self.ui.jobStatusLabel.text = "Stopping: the job saves a resumable state first..."
             return
         with slicer.util.tryWithErrorDisplay(f"Could not start the {kind} job."):
@@ -343,7 +343,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is None:
             self._timer.stop()
             return
-        if self._cancelDeadline is not None and vtk.vtkTimerLog.GetUniversalTime() > self._cancelDeadline:
+        if self._cancelDeadline is not None and time.monotonic() > self._cancelDeadline:
             self._job.cancel(timeout=0)  # did not stop in time: end the process tree
             self._cancelDeadline = None
         for event in self._job.poll():
@@ -534,6 +534,8 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
         ws = self._ws()
         if ws.current_model() is None:
             rows, message = [], "No model yet: register a foundation model (Setup) and Score."
+        elif not ws.unlabeled_ids():
+            rows, message = [], "The pool is empty: every volume is labeled."
         else:
             table = scoring.rank_cases(ws)
             rows = [r for r in table.rows if r.status == "pool"]
@@ -541,10 +543,8 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
             if rows:
                 message = f"{len(rows)} unlabeled volumes ranked ({table.strategy}); the first {len(table.picked)} " \
                           f"form this round's batch."
-            elif unscored:
-                message = f"{unscored} volumes are not scored yet: press Score."
             else:
-                message = "The pool is empty: every volume is labeled."
+                message = f"{unscored} volumes are not scored yet: press Score."
             if table.notes:
                 message += " " + " ".join(table.notes)
         self._worklistNode = mrml.worklist_table(self.scene, rows, node=self._worklistNode)

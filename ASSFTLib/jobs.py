@@ -95,7 +95,8 @@ class Job:
         self._stderr_thread.join(timeout=5)
         if not terminal:  # killed, or died before it could say why
             tail = "".join(self._stderr_tail).strip()
-            kind = "cancelled" if code in (EXIT_CANCELLED, -signal.SIGKILL, -signal.SIGTERM) else "error"
+            killed = {-getattr(signal, "SIGKILL", 9), -signal.SIGTERM}
+            kind = "cancelled" if code == EXIT_CANCELLED or code in killed else "error"
             self._events.put({"event": kind, "job": self.job_dir.name, "kind": self.kind, "returncode": code,
                               "message": f"worker exited with code {code}" + (f": {tail[-2000:]}" if tail else "")})
         self._events.put({"event": "exit", "job": self.job_dir.name, "kind": self.kind, "returncode": code})

@@ -296,14 +296,16 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
     if current is None and foundation is None:
         raise WorkspaceError("the workspace has no model to fine-tune", path=ws.folder,
                              hint="register a foundation model (assft init --model FILE) or run assft pretrain")
-    teacher = None
-    if current is not None:
-        loaded_current = load_model(current.path, device=device)
-        if loaded_current.spec.has_task_head and loaded_current.spec.task == "segmentation":
-            teacher = loaded_current
-    use_foundation = current is None or settings.finetune_mode == "restart" or teacher is None
-    version = (foundation or current) if use_foundation else current
-    loaded = load_model(version.path, device=device) if (use_foundation or teacher is None) else teacher
+    loaded_current = None if current is None else load_model(current.path, device=device)
+    teacher = loaded_current if (loaded_current is not None and loaded_current.spec.has_task_head
+                                 and loaded_current.spec.task == "segmentation") else None
+    use_foundation = teacher is None or settings.finetune_mode == "restart"
+    if not use_foundation:
+        loaded = teacher
+    elif foundation is None or (current is not None and foundation.id == current.id):
+        loaded = loaded_current
+    else:
+        loaded = load_model(foundation.path, device=device)
     for text in check_task_compatible(loaded, ws.classes, settings.patch_size):
         warnings.warn(text, TrainingWarning)
     if loaded.spec.has_task_head and loaded.spec.task == "segmentation":

@@ -35,7 +35,7 @@ import traceback
 import warnings
 from datetime import datetime
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 from .errors import ASSFTError, JobCancelled
@@ -141,18 +141,12 @@ def _warnings_as_events(emit: Emit) -> Iterator[None]:
 def workspace_lock(ws, name: str = "worker") -> Iterator[None]:
     """``ws.job_lock`` that raises :class:`WorkspaceBusy` when another job holds it."""
     from .errors import WorkspaceError
-    lock = ws.job_lock(name)
-    try:
-        lock.__enter__()
-    except WorkspaceError as exc:
-        raise WorkspaceBusy(exc.message, path=exc.path, hint=exc.hint) from exc
-    try:
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ws.job_lock(name))
+        except WorkspaceError as exc:
+            raise WorkspaceBusy(exc.message, path=exc.path, hint=exc.hint) from exc
         yield
-    except BaseException:
-        if not lock.__exit__(*sys.exc_info()):
-            raise
-    else:
-        lock.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -217,7 +211,8 @@ def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool
                 torch.set_num_threads(settings.num_threads)
             result = RUNNERS[args.kind](ws, settings, args, progress, should_stop)
     except JobCancelled as exc:
-        emit("cancelled", message=str(exc), resumable=True, job_dir=str(args.job_dir))
+        resumable = (Path(args.job_dir) / "state.pt").exists()
+        emit("cancelled", message=str(exc), resumable=resumable, job_dir=str(args.job_dir))
         return EXIT_CANCELLED
     except WorkspaceBusy as exc:
         emit("error", **{**exc.to_dict(), "message": str(exc)}, code=EXIT_BUSY)

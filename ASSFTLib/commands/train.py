@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..worker import EventWriter, StopRequest, add_job_arguments, finish_args, run_job
 
@@ -63,8 +64,7 @@ def run_foreground(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     stop = StopRequest(args.job_dir)
     stop.install()
     bars = None if args.json_events else ProgressBars()
-    log = EventWriter(args.job_dir.rstrip("/").rsplit("/", 1)[-1], args.kind, args.job_dir,
-                      sys.stdout if args.json_events else None)
+    log = EventWriter(Path(args.job_dir).name, args.kind, args.job_dir, sys.stdout if args.json_events else None)
 
     def emit(event: str, **fields) -> None:
         log(event, **fields)

@@ -204,3 +204,28 @@ def test_pseudo_case_weights_follow_voxel_confidence(tiny_dataset):
     case = training.pseudo_case("x", image, probs, {"normalize": "zscore"}, tau_v=0.7)
     assert case.weight.shape == case.label.shape == case.image.shape == (1, *SHAPE)
     assert case.weight[0, :4].sum() == 0 and case.weight[0, 4:].min() == 1
+
+
+def test_pseudo_command_lists_candidates_and_writes_admitted_labels(tmp_path, tiny_dataset, foundation_file, capsys):
+    from ASSFTLib import cli
+    settings = tiny_settings(confidence_threshold=0.0, distance_percentile=100.0)
+    with make_workspace(tmp_path / "ws", tiny_dataset, foundation_file, settings) as ws:
+        training.finetune_round(ws, settings)
+        scoring.score_cases(ws, settings)
+        unlabeled = ws.unlabeled_ids()
+    capsys.readouterr()
+    assert cli.main(["pseudo", str(tmp_path / "ws"), "--write"]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in unlabeled)
+    written = sorted(p.name for p in (tmp_path / "ws" / "pseudo").glob("*.nii.gz"))
+    admitted = [line.split()[0] for line in out.splitlines() if line.endswith(" pass")]
+    assert admitted and written == sorted(f"{c}.nii.gz" for c in admitted)
+    label = read_volume(tmp_path / "ws" / "pseudo" / written[0], kind="label")
+    assert label.shape == SHAPE and set(np.unique(label.array)) <= {0, 1, 2}
+
+
+def test_restart_mode_starts_from_the_foundation_every_round(workspace):
+    first = training.finetune_round(workspace, tiny_settings())
+    second = training.finetune_round(workspace, tiny_settings(finetune_mode="restart"))
+    assert first["metrics"]["start"] == "foundation" and second["metrics"]["start"] == "foundation"
+    assert workspace.rounds("train")[1].params["plan"]["source_checksum"] == workspace.foundation_model().checksum

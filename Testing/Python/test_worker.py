@@ -126,3 +126,21 @@ def test_cli_train_prints_json_events(ws_path, capsys):
     assert code == 0
     assert out[0]["event"] == "start" and out[-1]["event"] == "result"
     assert out[-1]["metrics"]["steps"] == 2
+
+
+def test_cancel_file_stops_pretraining_and_resume_registers_foundation(ws_path):
+    job = Job.start("pretrain", ws_path, ["--steps", "100000"])
+    _drain(job, until=lambda e: e.get("phase") == "pretrain")
+    (job.job_dir / worker.CANCEL_FILE).touch()
+    events = _drain(job)
+    assert job.returncode == worker.EXIT_CANCELLED, job.stderr_tail
+    assert events[-2]["event"] == "cancelled"
+    stopped_at = int(torch.load(job.job_dir / "state.pt", map_location="cpu", weights_only=True)["step"])
+    resumed = Job.start("pretrain", ws_path, ["--resume", "--steps", str(stopped_at + 1)], job_dir=job.job_dir)
+    events = _drain(resumed)
+    assert resumed.returncode == 0, resumed.stderr_tail
+    result = [e for e in events if e["event"] == "result"][0]
+    with Workspace.open(ws_path) as ws:
+        assert ws.foundation_model().id == result["model_id"]
+        assert ws.current_model().kind == "foundation"  # a workspace that had a model keeps it current
+        assert ws.current_model().id != result["model_id"]

@@ -319,6 +319,9 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
 def select_round_pseudo(ws, teacher, settings: Settings, exclude: Sequence[str] = ()) -> ssft.PseudoSelection | None:
     """SSFT selection among the unlabeled cases (minus ``exclude``) from the cached scores of ``teacher``.
 
+    teacher: the model whose scores decide (a ``LoadedModel`` or a workspace
+    ``ModelVersion``: only its ``checksum`` is read), or None.
+
     Returns None when there is no teacher with a task head (cold start) or no
     labeled volume has a cached embedding for it (not scored yet).
     Unscored candidates are listed as refused ("no confidence/embedding").

@@ -120,7 +120,9 @@ PROFILES = {
     "quick": Profile("quick", seeds=1, strategies=("random", "atsq", "assft"), rounds=1, budget=2,
                      pretrain_steps=6, cold_steps=6, round_steps=6,
                      sizes={"source": 6, "pool": 10, "test": 4}, patch_size=(32, 48, 32), mc_dropout_samples=2),
-    "full": Profile("full", seeds=3, strategies=tuple(STRATEGIES), rounds=4, budget=2,
+    # the method and its two anchors first, so that an interrupted run has them
+    "full": Profile("full", seeds=3, strategies=("random", "assft", "atsq", "random+ssft", "dkd", "asd", "entropy",
+                                                 "bald", "coreset"), rounds=4, budget=2,
                     pretrain_steps=300, cold_steps=60, round_steps=40, sizes=None),
 }
 
@@ -587,11 +589,15 @@ def _fmt(stat: dict | None) -> str:
 # entry point
 def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] = SETTINGS,
         test_data: Path | None = None, base: Settings | None = None, jobs: int = 1,
-        progress: Callable[[str], None] = print, command: list[str] | None = None) -> dict:
-    """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``out``.
+        progress: Callable[[str], None] = print, command: list[str] | None = None,
+        results: Path | None = None, report_only: bool = False) -> dict:
+    """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
 
-    Returns the result dict (also written).  ``jobs > 1`` runs (setting, seed)
-    units in that many processes.
+    out: the working folder (image cache, foundation models, workspaces, one
+    JSON per finished (setting, seed) unit, so a rerun resumes); results:
+    where the result files go (default ``out``).  Returns the result dict.
+    ``jobs > 1`` runs (setting, seed) units in that many processes.
+    report_only: run nothing; summarise the units (finished or partial) already in ``out``.
     """
     from .plotting import plot_label_efficiency
     out = Path(out)
@@ -601,18 +607,23 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     cfg = RunConfig(out, profile, base, progress)
     started = time.perf_counter()
     prepared = {s: prepare(Path(data), out, s, split, test_data) for s in settings_names}
-    tasks = [(s, seed) for seed in range(profile.seeds) for s in settings_names]
-    foundations = {}
-    for seed in range(profile.seeds):
-        foundations[seed] = pretrained_model(cfg, seed, prepared[settings_names[0]].source_images)
-    if jobs > 1:
+    source = prepared[settings_names[0]].source_images
+    if report_only:
+        units = [u for seed in range(profile.seeds) for s in settings_names
+                 if (u := _read_unit(out / "units" / f"{s}_seed{seed}.json")) is not None]
+    elif jobs > 1:
+        # seed-major: the foundation of seed s+1 is pretrained while the units of seed s run
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, foundations[seed])
-                       for s, seed in tasks]
+            futures = []
+            for seed in range(profile.seeds):
+                foundation = pretrained_model(cfg, seed, source)
+                futures += [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, foundation)
+                            for s in settings_names]
             units = [f.result() for f in futures]
     else:
-        units = [run_unit(cfg, prepared[s], seed, foundations[seed]) for s, seed in tasks]
+        units = [run_unit(cfg, prepared[s], seed, pretrained_model(cfg, seed, source))
+                 for seed in range(profile.seeds) for s in settings_names]
     summary = summarize(units)
     result = {"benchmark": "label-efficiency", "profile": asdict(profile), "settings_run": list(settings_names),
               **provenance(command),
@@ -621,9 +632,11 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
                            "data": str(data), "test_data": str(test_data) if test_data else None,
                            "strategies": {n: asdict(STRATEGIES[n]) for n in profile.strategies}},
               "split": split.to_dict(), "base_settings": base.to_dict(),
-              "wall_seconds": time.perf_counter() - started,
+              "wall_seconds": None if report_only else time.perf_counter() - started,
+              "complete": all(u.get("upper_bound") and len(u["strategies"]) == len(profile.strategies)
+                              for u in units) and len(units) == profile.seeds * len(settings_names),
               "summary": summary, "units": units}
-    stem = out / f"label_efficiency_{profile.name}"
+    stem = Path(results or out) / f"label_efficiency_{profile.name}"
     write_json(stem.with_suffix(".json"), result)
     plot_label_efficiency(summary, stem.with_suffix(".png"), title=f"label efficiency ({profile.name} profile)")
     return result
@@ -633,4 +646,4 @@ def _unit_in_process(out: Path, profile: Profile, base: Settings, prepared: Prep
                      foundation: Path) -> dict:
     import torch
     torch.set_num_threads(1)
-    return run_unit(RunConfig(out, profile, base), prepared, seed, foundation)
+    return run_unit(RunConfig(out, profile, base.replace(num_threads=1)), prepared, seed, foundation)

@@ -22,12 +22,15 @@ def add_parser(sub) -> None:
     le.add_argument("--setting", choices=("multisite", "plain", "both"), default="both",
                     help="multisite: three scanner shifts on the target; plain: none (default: both)")
     le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
+    le.add_argument("--results", type=Path, help="folder for the result JSON and PNG (default: --out)")
     le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
     le.add_argument("--strategies", help="comma-separated subset of the profile's strategies")
     le.add_argument("--rounds", type=int, help="query rounds after the cold start (default: the profile's)")
     le.add_argument("--pretrain-steps", type=int, help="pretraining steps of the foundation model")
     le.add_argument("--cold-steps", type=int, help="fine-tuning steps of the cold-start round")
     le.add_argument("--round-steps", type=int, help="fine-tuning steps of each later round")
+    le.add_argument("--report-only", action="store_true",
+                    help="run nothing: summarise the (setting, seed) units already finished in --out")
     le.add_argument("--jobs", type=int, default=1, help="(setting, seed) units run in parallel processes")
     le.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
     le.set_defaults(func=run)
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     profile = dataclasses.replace(profile, **changes)
     settings_names = le.SETTINGS if args.setting == "both" else (args.setting,)
     result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
-                    base=Settings(num_threads=args.threads), jobs=args.jobs, command=command)
+                    base=Settings(num_threads=args.threads), jobs=args.jobs, command=command,
+                    results=args.results, report_only=args.report_only)
     print(le.format_table(result["summary"]))
-    print(f"results: {Path(args.out) / f'label_efficiency_{profile.name}.json'} (+ .png)")
+    print(f"results: {Path(args.results or args.out) / f'label_efficiency_{profile.name}.json'} (+ .png)")
     return 0

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sqlite3
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ASSFTError, DatasetError, LabelError, VolumeError, WorkspaceError
+from .errors import ASSFTError, DatasetError, LabelError, WorkspaceError
 from .fileutil import atomic_path
 from .settings import Settings
 
@@ -228,7 +227,7 @@ class Workspace:
                      "labeled" if (c.label and import_labels) else "unlabeled",
                      "dataset" if (c.label and import_labels) else None,
                      _now() if (c.label and import_labels) else None,
-                     getattr(c, "profile", None), pos))
+                     (getattr(c, "meta", None) or {}).get("profile"), pos))
             conn.execute("COMMIT")
         finally:
             conn.close()

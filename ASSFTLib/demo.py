@@ -1,0 +1,165 @@
+"""The main job on a built-in default: a short adaptation loop with a simulated annotator.
+
+It uses the product's own pieces end to end (workspace, pretraining, the
+scoring pass, the ATSQ ranking, label saving, SSFT fine-tuning rounds) and
+only stands in for the radiologist: the "annotator" saves the reference label
+of each volume the ranking asks for.  Dice is measured on held-out test cases
+that the loop never sees.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import DatasetError
+from .settings import Settings
+
+ProgressFactory = Callable[[str], Callable[[int, int, dict], None]]
+
+
+@dataclass
+class DemoRound:
+    round: int
+    labels: int
+    picked: list[str]
+    pseudo_labels: int
+    quality_dice: float | None
+    test_dice: float
+    test_dice_per_class: list[float]
+    seconds: float
+
+
+def _link_cases(cases, folder: Path, classes: Sequence[str]) -> Path:
+    """An MSD folder of symbolic links to ``cases`` (so a user's dataset is split without copying)."""
+    import json
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    entries = []
+    for c in cases:
+        name = c.image.name
+        for src, sub in ((c.image, "imagesTr"), (c.label, "labelsTr")):
+            dst = folder / sub / name
+            if not dst.exists():
+                os.symlink(Path(src).resolve(), dst)
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (folder / "dataset.json").write_text(json.dumps(
+        {"name": "assft-demo-split", "labels": {str(i): n for i, n in enumerate(classes)}, "training": entries},
+        indent=1))
+    return folder
+
+
+def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed: int) -> tuple[Path, Path]:
+    """Return (pool folder, test folder), both MSD layout with labels.
+
+    Without ``dataset``: synthetic volumes under four acquisition profiles.
+    With ``dataset`` (labeled MSD folder): a seeded split of its cases, linked.
+    """
+    from . import synthetic
+    pool, test = out / "data" / "pool", out / "data" / "test"
+    if dataset is None:
+        profiles = tuple(synthetic.PROFILES)
+        if not (pool / "dataset.json").exists():
+            synthetic.make_dataset(pool, n_pool, profiles=profiles, seed=seed)
+        if not (test / "dataset.json").exists():
+            synthetic.make_dataset(test, n_test, profiles=profiles, seed=seed + 1000)
+        return pool, test
+    from .io import load_dataset
+    from .workspace import _dataset_classes
+    cases, _problems = load_dataset(dataset)
+    cases = [c for c in cases if c.label is not None]
+    if len(cases) < n_test + 2:
+        raise DatasetError(f"the demo needs at least {n_test + 2} labeled cases, found {len(cases)}", path=dataset,
+                           hint="use a labeled MSD folder, or run `assft demo` without --dataset")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    classes = _dataset_classes(Path(dataset)) or ["background", "foreground"]
+    test_cases = [cases[i] for i in order[:n_test]]
+    pool_cases = [cases[i] for i in order[n_test:n_test + n_pool]]
+    return _link_cases(pool_cases, pool, classes), _link_cases(test_cases, test, classes)
+
+
+def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int) -> np.ndarray:
+    """Per-class Dice (mean over the test cases) of a checkpoint; shape (C - 1,)."""
+    from .inference import predict_probs
+    from .io import load_dataset, read_volume
+    from .metrics import dice_per_class
+    from .models import load_model
+    model = load_model(model_path, device=settings.resolved_device())
+    cases, _ = load_dataset(test_folder)
+    scores = []
+    for c in cases:
+        probs = predict_probs(model, read_volume(c.image), settings)
+        scores.append(dice_per_class(np.argmax(probs, axis=0), read_volume(c.label, kind="label").array, num_classes))
+    return np.mean(scores, axis=0)
+
+
+def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3, budget: int = 2,
+             n_pool: int = 16, n_test: int = 6, pretrain_steps: int = 150, steps: int = 150, seed: int = 0,
+             device: str = "auto", progress: ProgressFactory | None = None,
+             log: Callable[[str], None] = print) -> list[DemoRound]:
+    """Run the loop and return one :class:`DemoRound` per round.  ``out`` is created (or reused for data)."""
+    from .scoring import rank_cases, score_cases
+    from .training import pretrain, finetune_round
+    from .workspace import Workspace
+    from .io import read_volume
+
+    out = Path(out).resolve()
+    ws_dir = out / "workspace"
+    if ws_dir.exists():
+        raise DatasetError("a demo workspace already exists here", path=ws_dir,
+                           hint="pass another --out folder, or delete this one")
+    prog = progress or (lambda name: None)
+    settings = Settings(budget=budget, steps=steps, seed=seed, device=device)
+
+    log(f"data: {'synthetic volumes, four acquisition profiles' if dataset is None else dataset}")
+    pool, test = prepare_data(out, Path(dataset) if dataset else None, n_pool, n_test, seed)
+
+    foundation = out / "foundation.pt"
+    if not foundation.exists():
+        log(f"pretraining a foundation model on the {n_pool} unlabeled pool volumes (masked reconstruction)")
+        from .io import find_volume_files
+        pretrain(find_volume_files(pool / "imagesTr"), foundation, settings.replace(steps=pretrain_steps),
+                 progress=prog("pretrain"))
+    ws = Workspace.create(ws_dir, dataset=pool, settings=settings, import_labels=False)
+    ws.register_model(foundation, kind="foundation")
+    num_classes = len(ws.classes)
+    log(f"workspace: {ws.folder} ({len(ws.cases())} unlabeled volumes, classes {', '.join(ws.classes)})")
+
+    results: list[DemoRound] = []
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        score_cases(ws, settings, progress=prog(f"round {r}: score"))
+        table = rank_cases(ws, settings)
+        picked = table.picked
+        if not picked:
+            log("the pool is exhausted")
+            break
+        for note in table.notes:
+            log(f"  note: {note}")
+        for cid in picked:  # the simulated annotator: reveal the reference label
+            case = ws.case(cid)
+            ws.save_label(cid, read_volume(case.reference_label, kind="label").array, user="simulated-annotator",
+                          source="simulated")
+        log(f"round {r}: labeled {', '.join(picked)} (ranked by {table.strategy})")
+        result = finetune_round(ws, settings, progress=prog(f"round {r}: fine-tune"))
+        metrics = result["metrics"]
+        per_class = evaluate(Path(result["model_path"]), test, settings, num_classes)
+        results.append(DemoRound(r, len(ws.labeled_ids()), picked, int(metrics.get("pseudo_labels") or 0),
+                                 metrics.get("heldout_dice"), float(per_class.mean()), per_class.tolist(),
+                                 time.perf_counter() - t0))
+    return results
+
+
+def format_table(rounds: Sequence[DemoRound], classes: Sequence[str] | None = None) -> str:
+    head = f"{'round':>5} {'labels':>6} {'pseudo':>6} {'quality':>8} {'test Dice':>9}  per class"
+    lines = [head, "-" * len(head)]
+    for r in rounds:
+        q = "-" if r.quality_dice is None else f"{r.quality_dice:.3f}"
+        names = classes[1:] if classes else [f"c{k + 1}" for k in range(len(r.test_dice_per_class))]
+        per = "  ".join(f"{n}={d:.3f}" for n, d in zip(names, r.test_dice_per_class))
+        lines.append(f"{r.round:>5} {r.labels:>6} {r.pseudo_labels:>6} {q:>8} {r.test_dice:>9.3f}  {per}")
+    return "\n".join(lines)

@@ -249,7 +249,8 @@ def select(strategy: str, records: list[dict], labeled_z: np.ndarray, budget: in
            mode: str | None) -> query.Selection:
     """Run ``strategy`` on the pool's cached ``records`` (one dict per case) with L's embeddings ``(m, D)``."""
     n = len(records)
-    zt = np.asarray([r["zt"] for r in records], dtype=np.float64).reshape(n, -1)
+    dim = labeled_z.shape[1] if labeled_z.ndim == 2 else 0
+    zt = np.asarray([r["zt"] for r in records], dtype=np.float64).reshape(n, -1) if n else np.zeros((0, dim))
     K = np.asarray([r["K"][mode] for r in records], np.float64) if mode and n else None
     asd, entropy, bald = _column(records, "asd"), _column(records, "entropy"), _column(records, "bald")
     head = n > 0 and all(r.get("has_task_head") for r in records)
@@ -307,8 +308,8 @@ def rank_cases(workspace, settings: Settings | None = None, strategy: str | None
         notes.append(f"no knowledge divergence ({settings.divergence_mode}) in the cached scores: "
                      "ranking without K")
     labeled_z = np.asarray([ok[cid]["zt"] for cid in labeled], dtype=np.float64)
-    if records:
-        labeled_z = labeled_z.reshape(len(labeled), len(records[0]["zt"]))
+    labeled_z = labeled_z.reshape(len(labeled), len(records[0]["zt"]) if records else
+                                  (labeled_z.shape[1] if labeled_z.ndim == 2 else 0))
     sel = select(strategy, records, labeled_z, budget, settings, mode)
     comp = sel.components
     div = comp.get("div_at_pick")

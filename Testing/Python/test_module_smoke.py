@@ -237,9 +237,6 @@ def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
     logic.closeWorkspace()
 
 
-@pytest.mark.xfail(reason="scoring.rank_cases raises ValueError when no unlabeled case is scored yet "
-                          "(select() reshapes an empty zt list); the panel shows this state before the first Score",
-                   raises=ValueError, strict=False)
 def test_worklist_before_the_first_score_asks_for_scoring(logic, tmp_path):
     from ASSFTLib import models, synthetic
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .fileutil import atomic_path
+from .preprocess import default_preprocessing, validate_preprocessing
 
 FORMAT = "assft"
 FORMAT_VERSION = 1
@@ -50,9 +51,6 @@ TASKS = ("segmentation", "reconstruction")
 DEFAULT_PATCH_SIZE = (32, 48, 32)
 
 
-def default_preprocessing() -> dict:
-    """The preprocessing a spec gets when none is given (see ``preprocess.py``)."""
-    return {"normalize": "zscore", "clip": None, "target_spacing": None}
 
 
 # ----------------------------------------------------------------------------
@@ -83,7 +81,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         self.kwargs = {str(k): _to_tuples(v) for k, v in dict(self.kwargs).items()}
         self.classes = [str(c) for c in self.classes]
-        self.preprocessing = {**default_preprocessing(), **dict(self.preprocessing or {})}
+        self.preprocessing = validate_preprocessing(self.preprocessing)
         self.patch_size = tuple(int(p) for p in self.patch_size)
         self.has_task_head = bool(self.has_task_head)
         self.validate()

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .query import cosine_distance  # one definition of dist(a, b) = 1 - cos(a, b)
 from .settings import Settings
 
 #: Reasons a candidate can be refused (the first that applies is reported).
@@ -73,23 +74,6 @@ class PseudoSelection:
     def to_dict(self) -> dict:
         return {"selected": list(self.selected), "tau_c": self.tau_c, "tau_d": self.tau_d, "cap": self.cap,
                 "tau_d_rule": self.tau_d_rule, "decisions": [d.to_dict() for d in self.decisions]}
-
-
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``1 - cos`` between every row of ``a`` (N, D) and of ``b`` (M, D) -> (N, M), in [0, 2].
-
-    Rows need not be normalised; a zero row is at distance 1 from everything.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"embeddings must be (N, D) and (M, D) with the same D, got {a.shape} and {b.shape}")
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-    return np.clip(1.0 - unit(a) @ unit(b).T, 0.0, 2.0)
 
 
 def semantic_distance(embeddings: np.ndarray, labeled_embeddings: np.ndarray) -> np.ndarray:

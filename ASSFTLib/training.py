@@ -33,7 +33,8 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from torch import nn
 
 from . import ssft
-from .errors import ASSFTError, CheckpointError, JobCancelled, WorkspaceError
+from .errors import (ASSFTError, CheckpointError, GeometryError, JobCancelled, LabelError, VolumeError,
+                     WorkspaceError)
 from .settings import Settings
 
 Progress = Callable[[int, int, dict], None] | None
@@ -353,6 +354,30 @@ def accepted_pseudo_labels(ws) -> dict[str, Path]:
     return out
 
 
+def _heldout_label_problems(ws, case_ids: Sequence[str], num_classes: int) -> list[ASSFTError]:
+    """Check the held-out labels before training, so that a bad one fails the round at once, not after every step."""
+    from .io import check_label_values, check_same_geometry, read_volume
+    problems = []
+    for case_id in case_ids:
+        try:
+            label = read_volume(ws.label_path(case_id), kind="label")
+            check_same_geometry(read_volume(ws.image_path(case_id)), label, what=f"label of {case_id}")
+            check_label_values(label.array, num_classes, path=label.path)
+        except (VolumeError, GeometryError, LabelError) as exc:
+            problems.append(exc)
+    return problems
+
+
+def _raise_label_problems(problems: Sequence[ASSFTError]) -> None:
+    """Fail the round before any step, naming every labeled case that cannot be used (not only the first)."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise LabelError(f"{len(problems)} labeled cases cannot be used for training: "
+                         + "; ".join(str(p) for p in problems), path=problems[0].path,
+                         hint="fix or re-save each of these labels (or remove the cases), then train again")
+
+
 def _heldout_dice(network: nn.Module, spec, ws, case_ids: Sequence[str], settings: Settings,
                   device: str) -> dict[str, float]:
     """Mean foreground Dice of ``network`` on each held-out labeled case (original grid, test-time averaged)."""
@@ -464,10 +489,14 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: dict | None, devi
             progress(done, n_prepare, {"phase": "prepare", "case": case.case_id})
         return case
 
-    labeled = [prepared(load_labeled_case(c, ws.image_path(c), ws.label_path(c), prep, num_classes))
-               for c in plan["train"]]
-    labeled += [prepared(load_labeled_case(c, ws.image_path(c), p, prep, num_classes))
-                for c, p in plan["promoted"].items()]
+    labeled, problems = [], []
+    for c, label_path in [(c, ws.label_path(c)) for c in plan["train"]] + list(plan["promoted"].items()):
+        try:
+            labeled.append(prepared(load_labeled_case(c, ws.image_path(c), label_path, prep, num_classes)))
+        except (VolumeError, GeometryError, LabelError) as exc:
+            problems.append(exc)
+    problems += _heldout_label_problems(ws, plan["heldout"], num_classes)
+    _raise_label_problems(problems)
     if not labeled:
         raise WorkspaceError("every labeled volume is held out; nothing left to train on", path=ws.folder,
                              hint="set kfold_min_labels to 0 or label more volumes")

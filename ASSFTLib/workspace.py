@@ -197,15 +197,11 @@ class Workspace:
                                  hint="open it, or choose another folder")
         if folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
             raise WorkspaceError("folder is not empty", path=folder, hint="choose a new or empty folder for the workspace")
-        cases, problems, dataset_classes = [], [], None
+        cases, problems = [], []
         if dataset is not None:
             from . import io as vio
             cases, problems = vio.load_dataset(dataset)
-            dataset_classes = _dataset_classes(Path(dataset))
-        classes = list(classes or dataset_classes or ["background", "foreground"])
-        if len(classes) < 2:
-            raise DatasetError("a segmentation task needs at least two classes (background and one structure)",
-                               path=dataset, hint="pass --classes background,NAME")
+        classes = task_classes(dataset, classes)
         for sub in ("labels", "labels/.history", "models", "pseudo", "jobs", "cache"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         db = folder / DB_NAME
@@ -579,6 +575,16 @@ def _try_lock(fh) -> bool:
         return True
     except OSError:
         return False
+
+
+def task_classes(dataset: str | Path | None, classes: Sequence[str] | None = None) -> list[str]:
+    """The task's class names: ``classes`` if given, else the dataset.json ``labels``, else background/foreground."""
+    found = _dataset_classes(Path(dataset)) if dataset is not None and not classes else None
+    names = list(classes or found or ["background", "foreground"])
+    if len(names) < 2:
+        raise DatasetError("a segmentation task needs at least two classes (background and one structure)",
+                           path=dataset, hint="pass --classes background,NAME")
+    return names
 
 
 def _dataset_classes(folder: Path) -> list[str] | None:

@@ -19,12 +19,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..workspace import Workspace
+    from ..workspace import Workspace, task_classes
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.model:  # refuse an unsafe, damaged or unsuitable checkpoint before creating anything
+        from ..models import check_task_compatible, load_model
+        check_task_compatible(load_model(args.model), task_classes(args.dataset, classes))
     ws = Workspace.create(args.workspace, dataset=args.dataset, import_labels=args.import_labels, classes=classes)
     if args.model:
-        from ..models import load_model
-        load_model(args.model)  # refuse an unusable checkpoint before registering it
         ws.register_model(args.model, kind="foundation")
     s = ws.summary()
     print(f"workspace {s['folder']}: {s['cases']} cases ({s['labeled']} labeled, {s['unlabeled']} unlabeled, "

@@ -255,11 +255,16 @@ def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Pat
     if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeError("cannot write: the affine must be a finite, invertible 4x4 matrix", path=path)
     array = _storable(array)
-    with atomic_path(path) as tmp:
-        if suffix == ".nrrd":
-            sitk.WriteImage(_to_itk(array, affine), str(tmp), useCompression=True)
-        else:
-            nib.save(_to_nifti(array, affine), str(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            if suffix == ".nrrd":
+                sitk.WriteImage(_to_itk(array, affine), str(tmp), useCompression=True)
+            else:
+                nib.save(_to_nifti(array, affine), str(tmp))
+    except (OSError, RuntimeError) as exc:  # a full disk, no permission (ITK reports both as RuntimeError)
+        detail = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VolumeError(f"cannot be written ({detail}); the previous version, if any, is unchanged", path=path,
+                          hint="free disk space or check that the folder is writable, then save again") from exc
     return path
 
 

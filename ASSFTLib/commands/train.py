@@ -16,8 +16,8 @@ from ..worker import EventWriter, StopRequest, add_job_arguments, finish_args, r
 class ProgressBars:
     """Renders worker events for a terminal: one tqdm bar per phase, warnings and the outcome as lines."""
 
-    def __init__(self, out=sys.stderr):
-        self.out = out
+    def __init__(self, out=None):
+        self.out = out if out is not None else sys.stderr  # looked up now: the stream may be replaced after import
         self.bar = None
         self.phase = None
 

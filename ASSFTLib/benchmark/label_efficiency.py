@@ -37,6 +37,7 @@ import math
 import shutil
 import time
 import zlib
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -513,8 +514,9 @@ def summarize(units: Sequence[dict]) -> dict:
     for setting in sorted({u["setting"] for u in units}):
         mine = [u for u in units if u["setting"] == setting]
         uppers = [u["upper_bound"]["dice"] for u in mine if u.get("upper_bound")]
-        entry = {"seeds": [u["seed"] for u in mine],
-                 "upper_bound": _mean_sd(uppers), "strategies": {}}
+        entry = {"seeds": [u["seed"] for u in mine], "upper_bound": _mean_sd(uppers),
+                 "upper_bound_labels": max((u["upper_bound"]["labels"] for u in mine if u.get("upper_bound")),
+                                           default=None), "strategies": {}}
         names = [n for n in STRATEGIES if any(n in u["strategies"] for u in mine)]
         for name in names:
             per_seed = [(u, u["strategies"][name]) for u in mine if name in u["strategies"]]
@@ -605,7 +607,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     all_ids = sorted(_dataset_cases(Path(data)))
     split = make_split(all_ids, profile.sizes)
     cfg = RunConfig(out, profile, base, progress)
-    started = time.perf_counter()
+    started, prov = time.perf_counter(), provenance(command)  # the commit that runs, not the one at the end
     prepared = {s: prepare(Path(data), out, s, split, test_data) for s in settings_names}
     source = prepared[settings_names[0]].source_images
     if report_only:
@@ -626,7 +628,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
                  for seed in range(profile.seeds) for s in settings_names]
     summary = summarize(units)
     result = {"benchmark": "label-efficiency", "profile": asdict(profile), "settings_run": list(settings_names),
-              **provenance(command),
+              **prov, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "protocol": {"split_seed": SPLIT_SEED, "split_sizes": SPLIT_SIZES, "scanners": SCANNERS,
                            "eval_classes": EVAL_CLASSES, "target_fraction": TARGET_FRACTION,
                            "data": str(data), "test_data": str(test_data) if test_data else None,

@@ -34,14 +34,17 @@ def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> P
             ax.fill_between(x, m - sd, m + sd, color=COLORS.get(name), alpha=0.12, lw=0)
         ub = entry["upper_bound"]
         if ub["mean"] is not None:
-            ax.axhline(ub["mean"], color="k", ls="--", lw=1, label="all 120 pool labels")
+            ax.axhline(ub["mean"], color="k", ls="--", lw=1,
+                       label=f"upper bound: all {entry.get('upper_bound_labels') or ''} pool labels")
             ax.axhspan(ub["mean"] - ub["sd"], ub["mean"] + ub["sd"], color="k", alpha=0.06, lw=0)
             ax.axhline(0.95 * ub["mean"], color="k", ls=":", lw=0.8, label="95% of upper bound")
         ax.set_title(f"hippo-{setting} (seeds: {len(entry['seeds'])})")
         ax.set_xlabel("labeled target volumes")
         ax.set_ylabel("test Dice (mean of anterior, posterior)")
+        ax.set_ylim(0.0, 1.0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

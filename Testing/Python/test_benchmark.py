@@ -58,7 +58,7 @@ def test_split_refuses_too_few_cases():
 def _unit(setting, seed, dices, upper):
     rounds = [{"labels": 2 * (i + 1), "dice": d, "dice_per_scanner": {"scanner_A": d, "scanner_B": d / 2}}
               for i, d in enumerate(dices)]
-    return {"setting": setting, "seed": seed, "upper_bound": {"dice": upper},
+    return {"setting": setting, "seed": seed, "upper_bound": {"dice": upper, "labels": 120},
             "strategies": {"random": {"rounds": rounds}}}
 
 

@@ -254,6 +254,9 @@ def finish_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ar
     if args.resume and not Path(args.job_dir).is_dir():
         parser.error(f"--resume: job folder {args.job_dir} does not exist")
     if not args.job_dir:
+        if not (Path(args.workspace) / "assft.db").is_file():  # never make jobs/ folders in a mistyped path
+            parser.error(f"{args.workspace} is not an ASSFT workspace (no assft.db); "
+                         "create one with `assft init WORKSPACE --dataset FOLDER`")
         args.job_dir = str(default_job_dir(args.workspace, args.kind))
     job_dir = Path(args.job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)

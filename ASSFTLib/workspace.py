@@ -360,8 +360,13 @@ class Workspace:
         now = _now()
         if target.exists():
             keep = self.folder / "labels" / ".history" / f"{case_id}.{now.replace(':', '').replace('+', 'Z')}{LABEL_SUFFIX}"
-            with atomic_path(keep) as tmp:
-                shutil.copyfile(target, tmp)
+            try:
+                with atomic_path(keep) as tmp:
+                    shutil.copyfile(target, tmp)
+            except OSError as exc:
+                raise LabelError(f"cannot keep the previous label in the history ({exc.strerror or exc}); "
+                                 "the current label is unchanged", path=keep,
+                                 hint="free disk space or check that the workspace is writable, then save again") from exc
         vio.write_volume(target, array.astype(np.uint8 if len(self.classes) <= 256 else np.int16), image.affine)
         who = user or _user()
         with self._write() as c:

@@ -39,8 +39,10 @@ GEOMETRY_TOLERANCE = 1e-4
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _CHANNEL_SUFFIX = re.compile(r"_0000$")
+#: What a damaged file makes nibabel/numpy raise; a corrupt header can declare negative or absurd
+#: dimensions (OverflowError from the memory map, MemoryError from the allocation).
 _NIBABEL_READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
-                        OSError, EOFError, ValueError, zlib.error)
+                        OSError, EOFError, ValueError, zlib.error, OverflowError, MemoryError)
 _SUPPORTED_TEXT = ", ".join(VOLUME_SUFFIXES)
 
 
@@ -156,7 +158,7 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(img)
-    except RuntimeError as exc:
+    except (RuntimeError, OverflowError, MemoryError) as exc:
         raise _unreadable(path, exc) from exc
     ndim = img.GetDimension()
     if img.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: (..., C) after the spatial axes

@@ -108,6 +108,15 @@ def test_readers_raise_only_assft_errors_on_mutated_files(seed_files, name):
     check()
 
 
+def test_a_sign_flip_in_a_nifti_dimension_is_a_volume_error(seed_files, tmp_path):
+    """Found by the fuzzer: a negative dim made numpy's memory map raise a raw OverflowError."""
+    path = tmp_path / "negative_dim.nii"
+    path.write_bytes(mutate(seed_files[".nii"], [("flip", 43, 128)]))  # the high byte of dim[1]
+    with pytest.raises(ASSFTError, match="truncated or corrupt") as err:
+        vio.read_volume(path)
+    assert err.value.path == str(path)
+
+
 # ------------------------------------------------------------------------------- label writer
 @st.composite
 def label_volumes(draw):

@@ -195,6 +195,8 @@ def test_kill9_during_scoring_training_and_label_saving_loses_nothing(ws_path, r
     audit(ws_path, expected)
     for kind, n in landed.items():
         record_property(f"kills_{kind}", n)
+    stray = [p.name for p in ws_path.rglob(".*.tmp*")]
+    print(f"kills landed: {landed}; hidden temp files left by killed writes: {len(stray)}")
     assert all(n >= 1 for n in landed.values()), landed  # every scenario really was interrupted
 
 

@@ -119,7 +119,6 @@ def test_init_reports_every_lie_and_keeps_every_good_case(tmp_path, messy_datase
         assert len(ids) == len(set(ids))
         assert set(BAD_IMAGES) | set(BAD_LABELS) | set(ODD_NAMES) <= set(ids)
         assert not any("outside" in i or "escape" in i or "missing" in i for i in ids)
-        assert all(ws.folder not in c.image_path.parents or c.image_path.is_file() for c in ws.cases())
         assert all(messy_dataset.resolve() in c.image_path.parents for c in ws.cases())
         assert ws.integrity_check() == []
 
@@ -278,7 +277,7 @@ def test_training_refuses_a_registered_code_running_checkpoint(messy_ws, tmp_pat
         else:
             assert code == 1  # the CLI reports the error event and exits 1
         assert not marker.exists()
-    assert all(r.status == "failed" for r in messy_ws.rounds("train"))
+    assert messy_ws.rounds("train") == []  # refused while loading the start model, before a round began
     assert not any(m.kind == "finetuned" for m in messy_ws.models())
 
 

@@ -274,8 +274,8 @@ def finetune_speed(settings: Settings, folder: Path, steps: int, patch_size: Seq
     ws.register_model(folder / "foundation.pt", kind="foundation")
     warm = 3
     try:
-        t_short, _ = timed(lambda: finetune_round(ws, cfg.replace(steps=warm)), device)
-        with PeakMemory(device) as mem:
+        with PeakMemory(device) as mem:  # from before the first round: the allocator keeps what it grew
+            t_short, _ = timed(lambda: finetune_round(ws, cfg.replace(steps=warm)), device)
             t_long, _ = timed(lambda: finetune_round(ws, cfg.replace(steps=warm + steps)), device)
     finally:
         ws.close()

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     finished_at TEXT,
     params TEXT NOT NULL DEFAULT '{}',
     metrics TEXT NOT NULL DEFAULT '{}',
-    model_id INTEGER
+    model_id INTEGER,
+    pid INTEGER                      -- the process running it, to tell an interrupted round
 );
 CREATE TABLE IF NOT EXISTS scores (
     case_id TEXT NOT NULL,
@@ -246,15 +247,34 @@ class Workspace:
     # ------------------------------------------------------------ internals
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction; waits for other writers instead of failing."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """A short write transaction; waits for other writers instead of failing.
+
+        SQLite's own failures (disk full, a lock held past the timeout, a damaged
+        file) become a :class:`WorkspaceError` naming the database; the
+        transaction is rolled back, so the database keeps its previous state.
+        """
+        db = self.folder / DB_NAME
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
+                                 hint="another program may hold it, or the disk is full") from exc
         try:
             yield self._conn
-        except BaseException:
+        except BaseException as exc:
             self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
+                                     hint="free disk space or check the folder's permissions, then repeat; "
+                                          "nothing was changed") from exc
             raise
         else:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._conn.execute("ROLLBACK")
+                raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
+                                     hint="free disk space, then repeat; nothing was changed") from exc
 
     def _meta(self, key: str) -> str | None:
         try:
@@ -472,8 +492,8 @@ class Workspace:
 
     def start_round(self, kind: str, params: dict | None = None) -> int:
         with self._write() as c:
-            cur = c.execute("INSERT INTO rounds(kind, status, started_at, params) VALUES (?, 'running', ?, ?)",
-                            (kind, _now(), json.dumps(params or {})))
+            cur = c.execute("INSERT INTO rounds(kind, status, started_at, params, pid) VALUES (?, 'running', ?, ?, ?)",
+                            (kind, _now(), json.dumps(params or {}), os.getpid()))
             return int(cur.lastrowid)
 
     def finish_round(self, round_id: int, status: str = "finished", metrics: dict | None = None,
@@ -483,6 +503,21 @@ class Workspace:
         with self._write() as c:
             c.execute("UPDATE rounds SET status = ?, finished_at = ?, metrics = ?, model_id = ? WHERE id = ?",
                       (status, _now(), json.dumps(metrics or {}), model_id, round_id))
+
+    def reap_interrupted_rounds(self) -> list[int]:
+        """Mark rounds left ``running`` by a process that no longer exists as ``failed``.
+
+        A worker killed outright (kill -9, power loss) cannot record its end;
+        its model was never registered, so only the round's history needs
+        mending.  Returns the ids of the rounds marked.
+        """
+        rows = self._conn.execute("SELECT id, pid FROM rounds WHERE status = 'running'").fetchall()
+        dead = [r["id"] for r in rows if r["pid"] is not None and not _process_alive(r["pid"])]
+        for round_id in dead:
+            self.finish_round(round_id, "failed", metrics={
+                "error": "interrupted: the process running this round ended without finishing it",
+                "hint": "start the round again; the previous model stayed current"})
+        return dead
 
     def rounds(self, kind: str | None = None) -> list[Round]:
         if kind is None:
@@ -528,9 +563,31 @@ class Workspace:
             fh.truncate()
             fh.write(f"pid {os.getpid()} since {_now()}")
             fh.flush()
+            # Holding the lock, no other job can be writing: mend what a killed one left.
+            self.reap_interrupted_rounds()
+            self.remove_stale_temporaries()
             yield
         finally:
             fh.close()
+
+    def remove_stale_temporaries(self, older_than_s: float = 3600.0) -> list[Path]:
+        """Delete hidden temporary files of atomic writes that a killed process left behind.
+
+        Only files older than ``older_than_s`` go, so a save in progress in
+        another process (the GUI) is never touched.  Returns what was removed.
+        """
+        import time
+        removed = []
+        cutoff = time.time() - older_than_s
+        for sub in ("labels", "labels/.history", "models", "pseudo", "cache", "."):
+            for tmp in (self.folder / sub).glob(".*.tmp*"):
+                try:
+                    if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                        removed.append(tmp)
+                except FileNotFoundError:
+                    pass
+        return removed
 
     # ---------------------------------------------------------------- check
     def integrity_check(self) -> list[str]:
@@ -562,6 +619,18 @@ class Workspace:
                 "rounds": len(self.rounds("train")), "current_model": None if cur is None else
                 {"id": cur.id, "path": str(cur.path), "checksum": cur.checksum[:12], "kind": cur.kind,
                  "metrics": cur.metrics}}
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours, or the platform cannot tell: assume alive
+    return True
 
 
 def _try_lock(fh) -> bool:

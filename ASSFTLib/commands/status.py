@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..workspace import Workspace
     with Workspace.open(args.workspace) as ws:
+        ws.reap_interrupted_rounds()  # show a killed worker's round as failed, not running forever
         s = ws.summary()
         rounds = ws.rounds()
         if args.json:

@@ -181,3 +181,31 @@ def test_cli_init_and_status(synthetic_dataset, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "status", str(tmp_path / "nothing")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "not an ASSFT workspace" in r.stderr and "assft init" in r.stderr
+
+
+def test_round_of_a_killed_process_is_marked_failed_and_old_temporaries_go(synthetic_dataset, tmp_path):
+    """A real process starts a round and is killed with SIGKILL before it can finish it."""
+    import os
+    import signal
+    import time
+    ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset)
+    starter = ("import sys, time\nfrom ASSFTLib.workspace import Workspace\n"
+               "Workspace.open(sys.argv[1]).start_round('train')\nprint('started', flush=True)\ntime.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, "-c", starter, str(ws.folder)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "started"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+    mine = ws.start_round("score")  # this process is alive: its round must stay running
+    stale = ws.folder / "labels" / ".case.nii.gz.abc.tmp.nii.gz"
+    fresh = ws.folder / "labels" / ".other.nii.gz.def.tmp.nii.gz"
+    stale.write_bytes(b"half a label")
+    fresh.write_bytes(b"a save in progress")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    with ws.job_lock():
+        pass
+    status = {r.id: r for r in ws.rounds()}
+    killed = next(r for r in status.values() if r.kind == "train")
+    assert killed.status == "failed" and "interrupted" in killed.metrics["error"]
+    assert status[mine].status == "running"
+    assert not stale.exists() and fresh.exists()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, MaskedDiceLoss
+from monai.networks import one_hot
 from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from torch import nn
 
@@ -135,16 +136,20 @@ class MaskedDiceCELoss(nn.Module):
     """MONAI's Dice (masked) + cross-entropy averaged over voxels whose weight is 1.
 
     logits (B, C, X, Y, Z); target (B, 1, X, Y, Z) class indices; weight (B, 1, X, Y, Z) in {0, 1}.
+    The target is one-hot encoded *before* masking: MONAI's ``MaskedDiceLoss``
+    multiplies the target by the mask, which on class indices turns every
+    ignored voxel into background that the background channel then counts.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.dice = MaskedDiceLoss(to_onehot_y=True, softmax=True)
+        self.dice = MaskedDiceLoss(softmax=True)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
         ce = (ce * weight[:, 0]).sum() / weight.sum().clamp_min(1.0)
-        return self.dice(logits, target, mask=weight) + ce
+        onehot = one_hot(target.long(), num_classes=logits.shape[1], dim=1, dtype=logits.dtype)
+        return self.dice(logits, onehot, mask=weight) + ce
 
 
 # ============================================================================ devices

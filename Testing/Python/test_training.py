@@ -196,6 +196,22 @@ def test_masked_dice_ce_ignores_masked_voxels():
         loss(logits, scrambled, torch.ones_like(weight)).item(), rel=1e-3)
 
 
+def test_masked_dice_ce_equals_plain_dice_ce_on_the_kept_voxels():
+    """Ignored voxels must not count in any channel (MONAI's masking of class indices made them background)."""
+    from monai.losses import DiceCELoss
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, 6)
+    target = torch.randint(0, 3, (2, 1, 4, 4, 6))
+    weight = torch.ones(2, 1, 4, 4, 6)
+    weight[..., :2] = 0
+    plain = DiceCELoss(to_onehot_y=True, softmax=True)
+    masked = training.MaskedDiceCELoss()
+    assert masked(logits, target, weight).item() == pytest.approx(
+        plain(logits[..., 2:], target[..., 2:]).item(), rel=1e-5)
+    assert masked(logits, target, torch.ones_like(weight)).item() == pytest.approx(
+        plain(logits, target).item(), rel=1e-5)
+
+
 def test_pseudo_case_weights_follow_voxel_confidence(tiny_dataset):
     image = training.expand_image_paths([tiny_dataset])[0]
     probs = np.full((3, *SHAPE), 0.1, dtype=np.float32)

@@ -71,6 +71,17 @@ class CaseScores:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def needs_pretext_pass(divergence_mode: str, has_norm_stats: bool) -> bool:
+    """Whether ranking with ``divergence_mode`` can use K_pretext.
+
+    ``auto`` prefers ``bnstats`` whenever the foundation has running
+    statistics (:data:`DIVERGENCE_MODES`), and the mode is part of the score
+    cache key, so the pretext network's full sliding-window pass would be
+    wasted on every volume and every model version.
+    """
+    return divergence_mode == "pretext" or (divergence_mode == "auto" and not has_norm_stats)
+
+
 def _same_model(a, b) -> bool:
     return b is None or a is b or a.checksum == b.checksum
 
@@ -85,7 +96,8 @@ def score_volume(model, foundation, volume, settings: Settings,
         ``dist_to_labeled``; optional.
     One pass over ``model`` per test-time flip (plus MC-dropout passes when
     asked); one feature-only pass over E0 unless the model is the foundation;
-    one pass over the pretext network when the foundation carries one.
+    one pass over the foundation's pretext network only when the ranking can
+    use ``pretext`` (:func:`needs_pretext_pass`).
     """
     from . import inference
     same = _same_model(model, foundation)
@@ -98,7 +110,7 @@ def score_volume(model, foundation, volume, settings: Settings,
     if f0.norm_stats:
         K["bnstats"] = query.knowledge_divergence_bnstats([(m, v) for _, m, v in f0.norm_stats],
                                                           [(m, v) for _, m, v in f0.running_stats])
-    if base.pretext is not None:
+    if base.pretext is not None and needs_pretext_pass(settings.divergence_mode, bool(f0.norm_stats)):
         K["pretext"] = inference.pretext_divergence(base, volume, settings)
     if not same:
         K["drift"] = float(query.cosine_distance(f0.embedding[None], fwd.embedding[None])[0, 0])

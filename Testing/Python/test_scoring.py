@@ -223,7 +223,7 @@ def test_pretext_divergence_is_the_pretraining_loss_on_a_fixed_mask(tmp_path):
     foundation = models.load_model(path)
     image, _, affine = synthetic.make_case(3, shape=PATCH)  # one window: stitching is the identity
     vol = Volume(image, affine)
-    s = scoring.score_volume(foundation, foundation, vol, Settings(seed=4))
+    s = scoring.score_volume(foundation, foundation, vol, Settings(seed=4, divergence_mode="pretext"))
     assert s.K["pretext"] > 0 and "bnstats" in s.K and s.asd is None
     from ASSFTLib.preprocess import prepare_image
     x, _ = prepare_image(vol, recon_spec.preprocessing)
@@ -231,3 +231,22 @@ def test_pretext_divergence_is_the_pretraining_loss_on_a_fixed_mask(tmp_path):
     with torch.no_grad():
         expected = float(training.pretext_loss(foundation.pretext.network, x, mask))
     assert s.K["pretext"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_pretext_pass_runs_only_when_the_ranking_can_use_it(tmp_path, volume):
+    """With running statistics, ``auto`` ranks by bnstats: the pretext network must not run for nothing."""
+    from ASSFTLib import training
+    recon_spec = training.reconstruction_spec(PATCH).replace(kwargs={**_tiny_spec().kwargs, "out_channels": 1})
+    recon = models.build_network(recon_spec)
+    path = tmp_path / "foundation.pt"
+    models.save_checkpoint(path, recon, recon_spec, pretext=(recon, recon_spec))
+    foundation = models.load_model(path)
+    calls = []
+    handle = foundation.pretext.network.register_forward_hook(lambda *a: calls.append(1))
+    auto = scoring.score_volume(foundation, foundation, volume, Settings(tta_flips=False))
+    assert calls == [] and set(auto.K) == {"bnstats"}
+    assert scoring.resolve_divergence_mode("auto", set(auto.K)) == "bnstats"
+    chosen = scoring.score_volume(foundation, foundation, volume, Settings(tta_flips=False, divergence_mode="pretext"))
+    handle.remove()
+    assert calls and chosen.K["pretext"] > 0
+    assert not scoring.needs_pretext_pass("bnstats", False) and scoring.needs_pretext_pass("auto", False)

@@ -164,6 +164,20 @@ def _flips(settings: Settings) -> list[tuple[int, ...]]:
     return [(), (2,), (3,), (4,)] if settings.tta_flips else [()]
 
 
+def window_size(spec: "models.ModelSpec", spatial_shape) -> tuple[int, int, int]:
+    """The sliding window for a volume of ``spatial_shape`` (network grid): the model's patch,
+    shrunk on every axis where the volume is smaller, to the next multiple of the network's divisor.
+
+    MONAI pads a volume smaller than the window with zeros, and those voxels
+    would enter the embedding z(x) and the per-volume normalisation statistics
+    of DKD ``bnstats``, so both would measure how much padding a volume needs
+    (its size) rather than its content.  Shrinking leaves less than one divisor
+    of padding per axis; a fully convolutional network runs on any such size.
+    """
+    divisor = models.patch_divisor(spec)
+    return tuple(min(int(p), -(-int(s) // d) * d) for p, s, d in zip(spec.patch_size, spatial_shape, divisor))
+
+
 def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, with_probs: bool = True,
                    with_norm_stats: bool = False, mc_samples: int = 0) -> ForwardResult:
     """One sliding-window pass per test-time flip of ``loaded`` over ``volume`` (an ``io.Volume``).
@@ -189,7 +203,7 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
         return torch.softmax(out.float(), dim=1)
 
     def window_pass(x: torch.Tensor) -> torch.Tensor:
-        return sliding_window_inference(x, spec.patch_size, settings.sw_batch_size, predictor,
+        return sliding_window_inference(x, window_size(spec, x.shape[2:]), settings.sw_batch_size, predictor,
                                         overlap=settings.sw_overlap, mode="gaussian")
 
     network.eval()
@@ -264,7 +278,8 @@ def pretext_divergence(foundation: "models.LoadedModel", volume, settings: Setti
     mask = block_mask(image.shape, torch.Generator().manual_seed(settings.seed)).to(device)
     pretext.network.eval()
     with torch.inference_mode(), _autocast(device, settings):
-        recon = sliding_window_inference(image * (1.0 - mask), pretext.spec.patch_size, settings.sw_batch_size,
+        recon = sliding_window_inference(image * (1.0 - mask), window_size(pretext.spec, image.shape[2:]),
+                                         settings.sw_batch_size,
                                          lambda x: pretext.network(x).float(), overlap=settings.sw_overlap,
                                          mode="gaussian")
     err = ((recon[:, :1].float() - image) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)

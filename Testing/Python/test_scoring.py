@@ -65,6 +65,33 @@ def test_embedding_is_the_global_average_of_the_bottleneck_over_the_window(model
     assert all(np.all(var >= 0) for _, _, var in result.norm_stats)
 
 
+def test_a_volume_smaller_than_the_patch_is_not_measured_with_padding(model):
+    """z(x) and the bnstats moments are the volume's own, not diluted by the window's zero padding."""
+    small = (12, 16, 8)  # multiples of the tiny UNet's divisor 4, smaller than PATCH on two axes
+    assert inference.window_size(model.spec, small) == small
+    assert inference.window_size(model.spec, (13, 40, 8)) == (16, 16, 8)
+    image, _, affine = synthetic.make_case(2, shape=small)
+    vol = Volume(image, affine)
+    result = inference.forward_volume(model, vol, Settings(tta_flips=False), with_norm_stats=True)
+    seen, first_norm = [], []
+    name, layer = models.norm_layers_with_stats(model.network, model.spec)[0]
+    hooks = [models.bottleneck_module(model.network, model.spec).register_forward_hook(
+        lambda m, i, o: seen.append(o.detach())),
+        layer.register_forward_pre_hook(lambda m, a: first_norm.append(a[0].detach()))]
+    from ASSFTLib.preprocess import prepare_image
+    x, _ = prepare_image(vol, model.spec.preprocessing)
+    with torch.no_grad():
+        model.network(x)
+    for h in hooks:
+        h.remove()
+    z = seen[0].mean(dim=(0, 2, 3, 4)).double().numpy()
+    np.testing.assert_allclose(result.embedding, z / np.linalg.norm(z), atol=1e-6)
+    assert result.norm_stats[0][0] == name
+    np.testing.assert_allclose(result.norm_stats[0][1], first_norm[0].mean(dim=(0, 2, 3, 4)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.norm_stats[0][2], first_norm[0].var(dim=(0, 2, 3, 4), unbiased=False).numpy(),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_probs_are_test_time_averaged_on_the_volume_grid(model, volume):
     p4 = inference.predict_probs(model, volume, Settings())
     p1 = inference.predict_probs(model, volume, Settings(tta_flips=False))

@@ -163,6 +163,16 @@ class Workspace:
         if version is None or int(version) > SCHEMA_VERSION:
             raise WorkspaceError(f"workspace schema version {version} is not supported by this ASSFT "
                                  f"(expects {SCHEMA_VERSION})", path=db, hint="upgrade ASSFT")
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since schema version 1 was first written (additive, so old workspaces open)."""
+        def has_pid() -> bool:
+            return "pid" in {r["name"] for r in self._conn.execute("PRAGMA table_info(rounds)")}
+        if not has_pid():
+            with self._write() as c:
+                if not has_pid():  # another process may have added it while we waited for the lock
+                    c.execute("ALTER TABLE rounds ADD COLUMN pid INTEGER")
 
     # ------------------------------------------------------------------ setup
     @staticmethod

@@ -209,3 +209,16 @@ def test_round_of_a_killed_process_is_marked_failed_and_old_temporaries_go(synth
     assert killed.status == "failed" and "interrupted" in killed.metrics["error"]
     assert status[mine].status == "running"
     assert not stale.exists() and fresh.exists()
+
+
+def test_workspace_written_before_the_pid_column_opens_and_runs_rounds(synthetic_dataset, tmp_path):
+    import sqlite3
+    Workspace.create(tmp_path / "ws", dataset=synthetic_dataset).close()
+    conn = sqlite3.connect(tmp_path / "ws" / "assft.db")
+    conn.execute("ALTER TABLE rounds DROP COLUMN pid")  # as written by the first release of schema 1
+    conn.commit()
+    conn.close()
+    ws = Workspace.open(tmp_path / "ws")
+    rid = ws.start_round("train")
+    ws.finish_round(rid)
+    assert ws.rounds()[0].status == "finished"

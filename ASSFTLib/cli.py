@@ -16,13 +16,9 @@ from .errors import ASSFTError
 COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "train", "pseudo", "report", "benchmark")
 
 
-def _available_commands():
+def _command_modules():
     for name in COMMANDS:
-        try:
-            yield importlib.import_module(f"ASSFTLib.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ASSFTLib.commands.{name}":
-                raise
+        yield importlib.import_module(f"ASSFTLib.commands.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"assft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in _available_commands():
+    for module in _command_modules():
         module.add_parser(sub)
     return parser
 

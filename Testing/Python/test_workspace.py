@@ -222,3 +222,14 @@ def test_workspace_written_before_the_pid_column_opens_and_runs_rounds(synthetic
     rid = ws.start_round("train")
     ws.finish_round(rid)
     assert ws.rounds()[0].status == "finished"
+
+
+def test_every_subcommand_has_help():
+    """`assft X --help` works for every subcommand the README and the issues name."""
+    from ASSFTLib.cli import COMMANDS, build_parser
+    parser = build_parser()
+    for name in ("init", "status", "demo", "pretrain", "score", "rank", "train", "pseudo", "report", "benchmark"):
+        assert name in COMMANDS
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([name, "--help"])
+        assert done.value.code == 0

@@ -634,6 +634,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
                            "data": str(data), "test_data": str(test_data) if test_data else None,
                            "strategies": {n: asdict(STRATEGIES[n]) for n in profile.strategies}},
               "split": split.to_dict(), "base_settings": base.to_dict(),
+              "report_only": report_only,
               "wall_seconds": None if report_only else time.perf_counter() - started,
               "complete": all(u.get("upper_bound") and len(u["strategies"]) == len(profile.strategies)
                               for u in units) and len(units) == profile.seeds * len(settings_names),

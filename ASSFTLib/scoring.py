@@ -86,14 +86,26 @@ def _same_model(a, b) -> bool:
     return b is None or a is b or a.checksum == b.checksum
 
 
+#: The parts of a score record that depend only on the foundation (E0), the volume and the settings.
+FOUNDATION_K_MODES = ("bnstats", "pretext")
+
+
+def foundation_part(record: dict) -> dict:
+    """What of a score record E0 alone determines: z0 and K in the foundation-only modes."""
+    return {"z0": record["z0"], "K": {m: v for m, v in record["K"].items() if m in FOUNDATION_K_MODES}}
+
+
 def score_volume(model, foundation, volume, settings: Settings,
-                 labeled_embeddings: np.ndarray | None = None) -> CaseScores:
+                 labeled_embeddings: np.ndarray | None = None, foundation_record: dict | None = None) -> CaseScores:
     """Score one volume (an ``io.Volume``) with the current ``model`` and the frozen ``foundation``.
 
     model, foundation: ``models.LoadedModel``; ``foundation`` may be ``model``
         itself or None (then the model's own statistics stand in for E0's).
     labeled_embeddings: ``(m, D)`` zt of the labeled volumes, to fill
         ``dist_to_labeled``; optional.
+    foundation_record: this volume's :func:`foundation_part` from an earlier
+        scoring with the same foundation and settings; when given, the E0 pass
+        is skipped (E0 never changes, so later rounds cost only the model's passes).
     One pass over ``model`` per test-time flip (plus MC-dropout passes when
     asked); one feature-only pass over E0 unless the model is the foundation;
     one pass over the foundation's pretext network only when the ranking can
@@ -105,16 +117,21 @@ def score_volume(model, foundation, volume, settings: Settings,
     head = bool(model.spec.has_task_head)
     mc = int(settings.mc_dropout_samples) if head else 0
     fwd = inference.forward_volume(model, volume, settings, with_probs=head, with_norm_stats=same, mc_samples=mc)
-    f0 = fwd if same else inference.embed(base, volume, settings, with_norm_stats=True)
-    K: dict[str, float] = {}
-    if f0.norm_stats:
-        K["bnstats"] = query.knowledge_divergence_bnstats([(m, v) for _, m, v in f0.norm_stats],
-                                                          [(m, v) for _, m, v in f0.running_stats])
-    if base.pretext is not None and needs_pretext_pass(settings.divergence_mode, bool(f0.norm_stats)):
-        K["pretext"] = inference.pretext_divergence(base, volume, settings)
+    if not same and foundation_record is not None:
+        K = dict(foundation_record["K"])
+        z0 = np.asarray(foundation_record["z0"], dtype=np.float64)
+    else:
+        f0 = fwd if same else inference.embed(base, volume, settings, with_norm_stats=True)
+        K = {}
+        if f0.norm_stats:
+            K["bnstats"] = query.knowledge_divergence_bnstats([(m, v) for _, m, v in f0.norm_stats],
+                                                              [(m, v) for _, m, v in f0.running_stats])
+        if base.pretext is not None and needs_pretext_pass(settings.divergence_mode, bool(f0.norm_stats)):
+            K["pretext"] = inference.pretext_divergence(base, volume, settings)
+        z0 = f0.embedding
     if not same:
-        K["drift"] = float(query.cosine_distance(f0.embedding[None], fwd.embedding[None])[0, 0])
-    scores = CaseScores(K=K, zt=fwd.embedding.tolist(), z0=f0.embedding.tolist(), has_task_head=head, bald=fwd.bald)
+        K["drift"] = float(query.cosine_distance(z0[None], fwd.embedding[None])[0, 0])
+    scores = CaseScores(K=K, zt=fwd.embedding.tolist(), z0=z0.tolist(), has_task_head=head, bald=fwd.bald)
     if fwd.probs is not None:
         r = query.asd_from_probs(fwd.probs, settings)
         scores.asd, scores.confidence, scores.entropy = r.asd, r.confidence, r.entropy
@@ -168,18 +185,25 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
     device = settings.resolved_device()
     model = load_model(current.path, device=device)
     foundation = model if found.checksum == current.checksum else load_model(found.path, device=device)
+    # E0's results (z0, K bnstats/pretext) depend only on the foundation: cache them under its
+    # checksum so that every round after the first runs only the current model's passes.
+    f_key = (found.checksum, f"{settings.scoring_hash()}:foundation")
+    f_cached = workspace.get_scores(*f_key)
     for step, case in enumerate(todo):
         if should_stop is not None and should_stop():
             raise JobCancelled(f"scoring stopped after {step} of {len(todo)} cases; run it again to continue",
                                path=workspace.folder)
         try:
             volume = vio.read_volume(case.image_path, kind="image")
-            record = score_volume(model, foundation, volume, settings).to_dict()
+            record = score_volume(model, foundation, volume, settings,
+                                  foundation_record=f_cached.get(case.case_id)).to_dict()
             summary["scored"] += 1
         except ASSFTError as exc:
             record = {"error": str(exc)}
             summary["errors"][case.case_id] = str(exc)
         workspace.put_scores(*key, {case.case_id: record})
+        if "error" not in record and case.case_id not in f_cached:
+            workspace.put_scores(*f_key, {case.case_id: foundation_part(record)})
         if progress is not None:
             progress(step + 1, len(todo), {"case_id": case.case_id, "error": record.get("error")})
     return summary

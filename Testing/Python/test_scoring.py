@@ -184,11 +184,25 @@ def test_score_cases_caches_resumes_and_rescores_a_new_model(tmp_path, workspace
     # labeling changes nothing about the cache; settings that change the pass do
     scoring.score_cases(workspace, Settings(roi_dilation=1))
     assert len(counted) == 12
+    found = workspace.get_scores(first["model_checksum"], Settings().scoring_hash())
     workspace.register_model(_checkpoint(tmp_path / "m2.pt", 5))
     second = scoring.score_cases(workspace, Settings())
-    # each case: one pass of the new model and one feature-only pass of the frozen foundation E0
-    assert second["scored"] == 6 and len(counted) == 12 + 2 * 6
-    assert all("drift" in r["K"] for r in workspace.get_scores(second["model_checksum"], Settings().scoring_hash()).values())
+    # each case: one pass of the new model only; E0's z0 and K come from the foundation's own scoring
+    assert second["scored"] == 6 and len(counted) == 12 + 6
+    records = workspace.get_scores(second["model_checksum"], Settings().scoring_hash())
+    for cid, r in records.items():
+        assert "drift" in r["K"] and r["K"]["bnstats"] == found[cid]["K"]["bnstats"] and r["z0"] == found[cid]["zt"]
+    # with settings the foundation was never scored under, E0 runs once (a feature-only pass per case) ...
+    third = scoring.score_cases(workspace, Settings(roi_dilation=3))
+    assert third["scored"] == 6 and len(counted) == 18 + 2 * 6
+    # ... and its K equals what the foundation itself gives: the cached part is the same number
+    workspace.register_model(_checkpoint(tmp_path / "m3.pt", 7))
+    fourth = scoring.score_cases(workspace, Settings(roi_dilation=3))
+    assert fourth["scored"] == 6 and len(counted) == 30 + 6
+    k3 = workspace.get_scores(third["model_checksum"], Settings(roi_dilation=3).scoring_hash())
+    k4 = workspace.get_scores(fourth["model_checksum"], Settings(roi_dilation=3).scoring_hash())
+    assert all(k3[c]["K"]["bnstats"] == k4[c]["K"]["bnstats"] and k3[c]["z0"] == k4[c]["z0"] for c in k3)
+    assert all(k3[c]["zt"] != k4[c]["zt"] for c in k3)  # the current model's part is not reused
 
 
 def test_a_corrupt_case_is_recorded_and_the_rest_go_on(workspace):

@@ -179,8 +179,13 @@ def window_size(spec: "models.ModelSpec", spatial_shape) -> tuple[int, int, int]
 
 
 def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, with_probs: bool = True,
-                   with_norm_stats: bool = False, mc_samples: int = 0) -> ForwardResult:
+                   with_norm_stats: bool = False, mc_samples: int = 0, full_patch: bool = False) -> ForwardResult:
     """One sliding-window pass per test-time flip of ``loaded`` over ``volume`` (an ``io.Volume``).
+
+    full_patch: use the model's whole patch as the window even for a volume
+        smaller than it (MONAI zero-pads, as training pads its patches), for
+        segmentations; the default shrinks the window (:func:`window_size`) so
+        that padding does not enter the embedding and statistics of scoring.
 
     with_probs: compute the test-time mean softmax (needs a task head); without
         it only the identity pass runs, cut short after the bottleneck.
@@ -203,7 +208,8 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
         return torch.softmax(out.float(), dim=1)
 
     def window_pass(x: torch.Tensor) -> torch.Tensor:
-        return sliding_window_inference(x, window_size(spec, x.shape[2:]), settings.sw_batch_size, predictor,
+        window = tuple(spec.patch_size) if full_patch else window_size(spec, x.shape[2:])
+        return sliding_window_inference(x, window, settings.sw_batch_size, predictor,
                                         overlap=settings.sw_overlap, mode="gaussian")
 
     network.eval()
@@ -248,8 +254,13 @@ def _mc_dropout_bald(network, image, window_pass, samples: int, seed: int) -> fl
 
 
 def predict_probs(model: "models.LoadedModel", volume, settings: Settings) -> np.ndarray:
-    """Test-time mean softmax ``(C, X, Y, Z)`` (float32) of ``model`` on ``volume``'s own grid."""
-    return forward_volume(model, volume, settings, with_probs=True).probs
+    """Test-time mean softmax ``(C, X, Y, Z)`` (float32) of ``model`` on ``volume``'s own grid.
+
+    The window is the model's full patch, padded as in training: on hippocampus crops
+    smaller than the patch, a model trained on padded patches lost about 0.09 Dice
+    (0.54 -> 0.45 on 16 test cases) when the window was shrunk to the volume.
+    """
+    return forward_volume(model, volume, settings, with_probs=True, full_patch=True).probs
 
 
 def embed(model: "models.LoadedModel", volume, settings: Settings, with_norm_stats: bool = False) -> ForwardResult:

@@ -291,3 +291,29 @@ def test_pretext_pass_runs_only_when_the_ranking_can_use_it(tmp_path, volume):
     handle.remove()
     assert calls and chosen.K["pretext"] > 0
     assert not scoring.needs_pretext_pass("bnstats", False) and scoring.needs_pretext_pass("auto", False)
+
+
+def test_predict_probs_pads_small_volumes_to_the_patch_like_training():
+    """Segmentations use the model's whole patch (MONAI pads as training does); scoring shrinks the window."""
+    from monai.inferers import sliding_window_inference
+
+    from ASSFTLib import models, preprocess
+    from ASSFTLib.io import Volume
+    torch.manual_seed(0)
+    spec = models.default_spec(["background", "a", "b"], patch_size=(32, 32, 32))
+    net = models.build_network(spec).eval()
+    loaded = models.LoadedModel(net, spec, models.LoadReport([], [], [], []), "x", None, "assft")
+    image, affine = synthetic.make_case((3, 1), "clean", (20, 26, 18))[0], np.eye(4)
+    volume = Volume(image, affine, None)
+    got = inference.predict_probs(loaded, volume, Settings())
+    x, restore = preprocess.prepare_image(volume, spec.preprocessing)
+    expected = 0
+    with torch.inference_mode():
+        for dims in [(), (2,), (3,), (4,)]:
+            p = sliding_window_inference(torch.flip(x, dims) if dims else x, (32, 32, 32), 4,
+                                         lambda t: torch.softmax(net(t).float(), 1), overlap=0.25, mode="gaussian")
+            expected = expected + (torch.flip(p, dims) if dims else p)
+    expected = np.asarray(restore((expected[0] / 4).numpy()))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    shrunk = inference.forward_volume(loaded, volume, Settings()).probs
+    assert np.abs(shrunk - got).max() > 1e-3  # the scoring pass really uses the smaller window

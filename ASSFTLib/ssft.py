@@ -32,6 +32,7 @@ from .settings import Settings
 REASON_REJECTED = "rejected in QA"
 REASON_NO_LABELS = "no labeled volumes to compare with"
 REASON_NOT_SCORED = "no confidence/embedding for the current model"
+REASON_NO_FOREGROUND = "no predicted foreground (confidence measured on the fallback ROI)"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def distance_bound(labeled_embeddings: np.ndarray, percentile: float,
 
 def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np.ndarray,
                   embeddings: np.ndarray, labeled_embeddings: np.ndarray, settings: Settings,
-                  rejected: Iterable[str] = ()) -> PseudoSelection:
+                  rejected: Iterable[str] = (), no_foreground: Sequence[bool] | None = None) -> PseudoSelection:
     """Choose the unlabeled volumes admitted as pseudo-labeled training data.
 
     Parameters
@@ -124,6 +125,11 @@ def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np
     labeled_embeddings: (M, D) ``zt(l)`` of the labeled volumes.
     settings: ``confidence_threshold`` (tau_c), ``distance_percentile``, ``pseudo_ratio`` (rho).
     rejected: case ids the annotator rejected in QA; never selected.
+    no_foreground: (N,) True where the model predicted (almost) no foreground, so
+        that c(x) was measured on ASD's fallback ROI; never selected.  Such a
+        volume's fallback voxels are confidently *background*, so c(x) is near 1
+        while the pseudo-label is empty: the benchmark (multisite, seed 2)
+        admitted ten of them, every one with true Dice 0, and the round's Dice fell.
     """
     ids = [str(c) for c in candidate_ids]
     conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
@@ -141,6 +147,9 @@ def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np
     dist = np.full(len(ids), np.nan)
     if scored.any() and len(labeled):
         dist[scored] = semantic_distance(emb[scored], labeled)
+    empty = np.zeros(len(ids), bool) if no_foreground is None else np.asarray(no_foreground, bool).reshape(-1)
+    if empty.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} candidates need {len(ids)} no_foreground flags, got {empty.shape[0]}")
     rejected_set = set(map(str, rejected))
     eligible = scored & np.array([c not in rejected_set for c in ids], dtype=bool)
     tau_c = float(settings.confidence_threshold)
@@ -156,6 +165,8 @@ def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np
             reasons.append(REASON_NOT_SCORED)
         elif len(labeled) == 0:
             reasons.append(REASON_NO_LABELS)
+        elif empty[i]:
+            reasons.append(REASON_NO_FOREGROUND)
         elif conf[i] < tau_c:
             reasons.append(f"confidence {conf[i]:.3f} < tau_c {tau_c:.3f}")
         elif dist[i] > tau_d:

@@ -345,7 +345,9 @@ def select_round_pseudo(ws, teacher, settings: Settings, exclude: Sequence[str] 
     conf = [np.nan if v is None else float(v) for v in conf]
     emb = np.array([scores.get(c, {}).get(EMBEDDING_KEY) or [np.nan] * dim for c in candidates],
                    dtype=np.float64).reshape(-1, dim)
-    return ssft.select_pseudo(candidates, conf, emb, np.asarray(lab_emb, dtype=np.float64), settings, rejected)
+    empty = [bool(scores.get(c, {}).get("roi_fallback")) for c in candidates]
+    return ssft.select_pseudo(candidates, conf, emb, np.asarray(lab_emb, dtype=np.float64), settings, rejected,
+                              no_foreground=empty)
 
 
 def accepted_pseudo_labels(ws) -> dict[str, Path]:

@@ -109,3 +109,19 @@ def test_pseudo_weight_ramps_linearly_then_holds():
     assert all(v == pytest.approx(0.5) for v in values[20:])
     assert all(b >= a for a, b in zip(values, values[1:]))
     assert pseudo_weight(0, total, s.replace(pseudo_ramp_fraction=0.0)) == pytest.approx(0.5)
+
+
+def test_a_volume_with_no_predicted_foreground_is_never_a_pseudo_label():
+    """Its c(x) comes from the fallback ROI, where the model is confidently *background*: c ~ 1, label empty.
+
+    Found by the label-efficiency benchmark (multisite, seed 2): ten such volumes were
+    admitted, each with true Dice 0, and the round's test Dice fell from 0.28 to 0.08."""
+    labeled = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]])
+    emb = np.array([[1.0, 0.0, 0.0], [0.95, 0.05, 0.0]])  # both as close to L as L is to itself
+    settings = Settings()
+    both = select_pseudo(["empty", "real"], [0.999, 0.95], emb, labeled, settings)
+    assert both.selected == ["empty", "real"]  # without the flag the empty one even ranks first
+    sel = select_pseudo(["empty", "real"], [0.999, 0.95], emb, labeled, settings, no_foreground=[True, False])
+    assert sel.selected == ["real"]
+    refused = {d.case_id: d.reason for d in sel.decisions}
+    assert "no predicted foreground" in refused["empty"]

@@ -191,6 +191,17 @@ def load_state(path: Path) -> dict:
     return state
 
 
+def restore_state(saved: dict | None, network: nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler) -> int:
+    """Load a resumable state (from :func:`load_state`) into the objects; returns the step to continue from."""
+    if saved is None:
+        return 0
+    network.load_state_dict(saved["network"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    return int(saved["step"])
+
+
 def _cancel(path: Path, network, optimizer, scaler, step: int, total: int, plan: dict) -> JobCancelled:
     save_state(path, network, optimizer, scaler, step, plan)
     return JobCancelled(f"stopped at step {step} of {total}; state saved", path=path.parent,
@@ -518,12 +529,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: dict | None, devi
     freeze = settings.finetune_mode == "frozen_encoder"
     optimizer = _optimizer(network, encoder_parameter_names(network, spec), settings, freeze)
     scaler = _grad_scaler(device, settings)
-    first = 0
-    if saved is not None:
-        network.load_state_dict(saved["network"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        first = int(saved["step"])
+    first = restore_state(saved, network, optimizer, scaler)
     frozen = encoder_module_names(network, spec) if freeze else ()
     loss = _segmentation_steps(network, labeled, pseudo, optimizer, scaler, settings, device, first, state_path,
                                plan, progress, should_stop, frozen)
@@ -645,12 +651,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scaler = _grad_scaler(device, settings)
     plan = {"volumes": [str(p) for p in paths], "out_path": str(out_path)}
-    first = 0
-    if saved is not None:
-        network.load_state_dict(saved["network"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        first = int(saved["step"])
+    first = restore_state(saved, network, optimizer, scaler)
     total = settings.steps
     transform = patch_transform(settings.patch_size, settings.seed + first)
     generator = torch.Generator().manual_seed(settings.seed + first)

@@ -167,12 +167,14 @@ def test_kill9_during_scoring_training_and_label_saving_loses_nothing(ws_path, r
             assert _read_until(proc, lambda line: line.startswith("ready"), lines), proc.stderr.read()
             time.sleep(rng.uniform(0.0, 1.5))
         else:
-            # a new scoring key each loop, so that scoring has work to do; training with a few random steps
-            extra = (["--set", f"fg_threshold={0.3 + 0.01 * loop}"] if kind == "score"
-                     else ["--steps", str(rng.randint(2, 8))])
+            # a new scoring key each loop, so that scoring has work to do (MC-dropout passes make each
+            # case slow enough that the kill lands mid-job even on an idle machine: with E0 cached, the
+            # bare scoring of these tiny volumes can finish within the delay); training with random steps
+            extra = (["--set", f"fg_threshold={0.3 + 0.01 * loop}", "--set", "mc_dropout_samples=12"]
+                     if kind == "score" else ["--steps", str(rng.randint(2, 8))])
             proc = _worker(kind, ws_path, *extra)
             _read_until(proc, lambda line: '"progress"' in line, lines)
-            time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(rng.uniform(0.0, 0.3 if kind == "score" else 1.0))
         landed[kind] += _kill9(proc)
         lines += proc.stdout.read().splitlines()
         if kind == "save":

@@ -250,9 +250,11 @@ def _evil_checkpoint(path: Path, marker: Path) -> Path:
 
 
 def test_the_evil_payload_is_live_when_unpickled_unsafely(tmp_path):
-    """Control: without weights_only the payload runs, so the refusals below are meaningful."""
+    """Control: unpickled by plain pickle (what an unsafe checkpoint load does), the payload runs,
+    so the refusals below are meaningful."""
+    import pickle
     marker = tmp_path / "control_marker"
-    torch.load(_evil_checkpoint(tmp_path / "control.pt", marker), weights_only=False)
+    pickle.loads(pickle.dumps({"state_dict": {}, "payload": _WritesMarker(marker)}))
     assert marker.exists()
 
 

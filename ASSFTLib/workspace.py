@@ -331,10 +331,8 @@ class Workspace:
                     row["status"], row["labeled_by"], row["labeled_at"], row["error"], row["profile"])
 
     def cases(self, status: str | None = None) -> list[Case]:
-        if status is None:
-            rows = self._conn.execute("SELECT * FROM cases ORDER BY position").fetchall()
-        else:
-            rows = self._conn.execute("SELECT * FROM cases WHERE status = ? ORDER BY position", (status,)).fetchall()
+        rows = self._conn.execute("SELECT * FROM cases WHERE ?1 IS NULL OR status = ?1 ORDER BY position",
+                                  (status,)).fetchall()
         return [self._case(r) for r in rows]
 
     def case(self, case_id: str) -> Case:
@@ -530,10 +528,7 @@ class Workspace:
         return dead
 
     def rounds(self, kind: str | None = None) -> list[Round]:
-        if kind is None:
-            rows = self._conn.execute("SELECT * FROM rounds ORDER BY id").fetchall()
-        else:
-            rows = self._conn.execute("SELECT * FROM rounds WHERE kind = ? ORDER BY id", (kind,)).fetchall()
+        rows = self._conn.execute("SELECT * FROM rounds WHERE ?1 IS NULL OR kind = ?1 ORDER BY id", (kind,)).fetchall()
         return [self._round(r) for r in rows]
 
     # ------------------------------------------------------------------- QA

@@ -700,7 +700,7 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
         """``pseudo/<case>.nii.gz``, written from the current model's prediction when absent."""
         from ASSFTLib import training
         ws = self._ws()
-        path = ws.folder / "pseudo" / f"{caseId}{training.PSEUDO_SUFFIX}"
+        path = ws.paths.pseudo_label(caseId)
         if not path.exists():
             model = self._currentModel()
             if model is None or not model.spec.has_task_head:

@@ -272,7 +272,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
     pseudo_entries = []
     for i, case_id in enumerate(candidates, start=len(ranked) + 1):
         volume = read_volume(ws.image_path(case_id))
-        written = ws.folder / "pseudo" / f"{case_id}{training.PSEUDO_SUFFIX}"
+        written = ws.paths.pseudo_label(case_id)
         if written.exists():
             overlay, source = read_volume(written, kind="label").array, "written for review"
         else:

@@ -21,7 +21,6 @@ import copy
 import json
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,6 +36,7 @@ from . import ssft
 from .errors import (ASSFTError, CheckpointError, GeometryError, JobCancelled, LabelError, VolumeError,
                      WorkspaceError)
 from .settings import Settings
+from .workspace.paths import job_state_path
 
 Progress = Callable[[int, int, dict], None] | None
 ShouldStop = Callable[[], bool] | None
@@ -44,10 +44,8 @@ ShouldStop = Callable[[], bool] | None
 #: Masked-volume reconstruction: cubes of this many voxels are hidden with this probability.
 MASK_BLOCK = 8
 MASK_RATIO = 0.5
-STATE_FILE = "state.pt"
 #: Fields of a cached score record (``scoring``) that SSFT reads: c(x) and zt(x).
 CONFIDENCE_KEY, EMBEDDING_KEY = "confidence", "zt"
-PSEUDO_SUFFIX = ".nii.gz"
 
 
 class TrainingWarning(UserWarning):
@@ -366,7 +364,7 @@ def accepted_pseudo_labels(ws) -> dict[str, Path]:
     unlabeled = set(ws.unlabeled_ids())
     out = {}
     for case_id, decision in ws.qa_decisions().items():
-        path = ws.folder / "pseudo" / f"{case_id}{PSEUDO_SUFFIX}"
+        path = ws.paths.pseudo_label(case_id)
         if decision == "accepted" and case_id in unlabeled and path.exists():
             out[case_id] = path
     return out
@@ -436,9 +434,9 @@ def finetune_round(workspace, settings: Settings | None = None, progress: Progre
     if resume and job_dir is None:
         raise WorkspaceError("resuming needs the job folder of the cancelled round", path=ws.folder,
                              hint="pass --job-dir")
-    job_dir = Path(job_dir) if job_dir else ws.folder / "jobs" / f"train-{datetime.now():%Y%m%d-%H%M%S-%f}"
+    job_dir = Path(job_dir) if job_dir else ws.paths.new_job_dir("train")
     job_dir.mkdir(parents=True, exist_ok=True)
-    state_path = job_dir / STATE_FILE
+    state_path = job_state_path(job_dir)
     saved = load_state(state_path) if resume else None
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -565,7 +563,7 @@ def write_pseudo_labels(ws, teacher, case_ids: Sequence[str], settings: Settings
     for i, case_id in enumerate(case_ids):
         volume = read_volume(ws.image_path(case_id))
         label, _ = ssft.pseudo_target(predict_probs(teacher, volume, settings), settings.voxel_confidence)
-        out[case_id] = write_volume(ws.folder / "pseudo" / f"{case_id}{PSEUDO_SUFFIX}", label, volume.affine)
+        out[case_id] = write_volume(ws.paths.pseudo_label(case_id), label, volume.affine)
         if progress is not None:
             progress(i + 1, len(case_ids), {"phase": "pseudo", "case": case_id})
     return out
@@ -627,7 +625,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
     out_path = Path(out_path)
     job_dir = Path(job_dir) if job_dir else out_path.with_name(out_path.name + ".job")
     job_dir.mkdir(parents=True, exist_ok=True)
-    state_path = job_dir / STATE_FILE
+    state_path = job_state_path(job_dir)
     saved = load_state(state_path) if resume else None
     paths = [Path(p) for p in image_paths]
     if not paths:

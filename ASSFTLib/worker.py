@@ -33,12 +33,12 @@ import sys
 import time
 import traceback
 import warnings
-from datetime import datetime
 from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 from .errors import ASSFTError, JobCancelled
+from .workspace.paths import WorkspacePaths, job_state_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED, EXIT_BUSY = 0, 1, 2, 3, 4
 KINDS = ("score", "train", "pretrain")
@@ -151,8 +151,7 @@ def workspace_lock(ws, name: str = "worker") -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- jobs
 def default_job_dir(workspace: str | Path, kind: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(workspace) / "jobs" / f"{kind}-{stamp}"
+    return WorkspacePaths(Path(workspace)).new_job_dir(kind)
 
 
 def _settings_for(ws, args: argparse.Namespace):
@@ -211,7 +210,7 @@ def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool
                 torch.set_num_threads(settings.num_threads)
             result = RUNNERS[args.kind](ws, settings, args, progress, should_stop)
     except JobCancelled as exc:
-        resumable = (Path(args.job_dir) / "state.pt").exists()
+        resumable = job_state_path(args.job_dir).exists()
         emit("cancelled", message=str(exc), resumable=resumable, job_dir=str(args.job_dir))
         return EXIT_CANCELLED
     except WorkspaceBusy as exc:

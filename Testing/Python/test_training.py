@@ -13,6 +13,7 @@ from ASSFTLib.io import read_volume
 from ASSFTLib.models import encoder_parameter_names, load_model
 from ASSFTLib.settings import Settings
 from ASSFTLib.workspace import Workspace
+from ASSFTLib.workspace.paths import job_state_path
 
 SHAPE = (24, 24, 24)
 N_CASES = 6
@@ -123,7 +124,7 @@ def test_accepted_pseudo_label_is_promoted(workspace):
     case = workspace.unlabeled_ids()[0]
     ref = read_volume(workspace.case(case).reference_label, kind="label")
     from ASSFTLib.io import write_volume
-    write_volume(workspace.folder / "pseudo" / f"{case}.nii.gz", ref.array, ref.affine)
+    write_volume(workspace.paths.pseudo_label(case), ref.array, ref.affine)
     workspace.set_qa(case, "accepted", user="test")
     result = training.finetune_round(workspace, tiny_settings())
     assert result["metrics"]["qa_promoted"] == [case]
@@ -155,12 +156,12 @@ def test_cancel_saves_state_and_resume_finishes(workspace, tmp_path):
         training.finetune_round(workspace, tiny_settings(), progress=progress, should_stop=lambda: len(steps) >= 2,
                                 job_dir=job_dir)
     assert workspace.current_model().id == foundation.id
-    assert (job_dir / training.STATE_FILE).exists()
+    assert (job_state_path(job_dir)).exists()
     assert [r.status for r in workspace.rounds("train")] == ["cancelled"]
     result = training.finetune_round(workspace, tiny_settings(), progress=progress, resume=True, job_dir=job_dir)
     assert steps == [1, 2, 3, 4]
     assert workspace.current_model().id == result["model_id"] != foundation.id
-    assert not (job_dir / training.STATE_FILE).exists()
+    assert not (job_state_path(job_dir)).exists()
     assert [r.status for r in workspace.rounds("train")] == ["cancelled", "finished"]
 
 

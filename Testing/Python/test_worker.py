@@ -13,6 +13,7 @@ import torch
 from ASSFTLib import cli, worker
 from ASSFTLib.jobs import Job
 from ASSFTLib.workspace import Workspace
+from ASSFTLib.workspace.paths import job_state_path
 from test_training import foundation_file, make_workspace, tiny_dataset, tiny_settings  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ASSFTLib.training.TrainingWarning")
@@ -74,7 +75,7 @@ def test_sigterm_stops_keeps_previous_model_and_resume_finishes(ws_path):
     events = _drain(job)
     assert code == worker.EXIT_CANCELLED, job.stderr_tail
     assert any(e["event"] == "cancelled" and e["resumable"] for e in events)
-    state = torch.load(job.job_dir / "state.pt", map_location="cpu", weights_only=True)
+    state = torch.load(job_state_path(job.job_dir), map_location="cpu", weights_only=True)
     with Workspace.open(ws_path) as ws:
         assert ws.current_model().id == before
         assert [r.status for r in ws.rounds("train")] == ["cancelled"]
@@ -135,7 +136,7 @@ def test_cancel_file_stops_pretraining_and_resume_registers_foundation(ws_path):
     events = _drain(job)
     assert job.returncode == worker.EXIT_CANCELLED, job.stderr_tail
     assert events[-2]["event"] == "cancelled"
-    stopped_at = int(torch.load(job.job_dir / "state.pt", map_location="cpu", weights_only=True)["step"])
+    stopped_at = int(torch.load(job_state_path(job.job_dir), map_location="cpu", weights_only=True)["step"])
     resumed = Job.start("pretrain", ws_path, ["--resume", "--steps", str(stopped_at + 1)], job_dir=job.job_dir)
     events = _drain(resumed)
     assert resumed.returncode == 0, resumed.stderr_tail

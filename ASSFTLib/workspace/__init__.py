@@ -25,12 +25,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ASSFTError, DatasetError, LabelError, WorkspaceError
-from .fileutil import atomic_path
-from .settings import Settings
+from ..errors import ASSFTError, DatasetError, LabelError, WorkspaceError
+from ..fileutil import atomic_path
+from ..settings import Settings
+from .paths import DB_NAME, LABEL_SUFFIX, WorkspacePaths
 
 SCHEMA_VERSION = 1
-DB_NAME = "assft.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -94,7 +94,6 @@ CREATE TABLE IF NOT EXISTS qa (
 );
 """
 
-LABEL_SUFFIX = ".nii.gz"
 
 
 def _now() -> str:
@@ -154,7 +153,8 @@ class Workspace:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).resolve()
-        db = self.folder / DB_NAME
+        self.paths = WorkspacePaths(self.folder)
+        db = self.paths.db
         if not db.exists():
             raise WorkspaceError("not an ASSFT workspace (no assft.db)", path=self.folder,
                                  hint="create one with `assft init WORKSPACE --dataset FOLDER`")
@@ -210,12 +210,12 @@ class Workspace:
             raise WorkspaceError("folder is not empty", path=folder, hint="choose a new or empty folder for the workspace")
         cases, problems = [], []
         if dataset is not None:
-            from . import io as vio
+            from .. import io as vio
             cases, problems = vio.load_dataset(dataset)
         classes = task_classes(dataset, classes)
-        for sub in ("labels", "labels/.history", "models", "pseudo", "jobs", "cache"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        db = folder / DB_NAME
+        paths = WorkspacePaths(folder)
+        paths.make_folders()
+        db = paths.db
         conn = cls._connect(db)
         try:
             conn.executescript(_SCHEMA)
@@ -238,7 +238,7 @@ class Workspace:
             conn.execute("COMMIT")
         finally:
             conn.close()
-        (settings or Settings()).save(folder / "settings.json")
+        (settings or Settings()).save(paths.settings)
         return cls(folder)
 
     @classmethod
@@ -263,7 +263,7 @@ class Workspace:
         file) become a :class:`WorkspaceError` naming the database; the
         transaction is rolled back, so the database keeps its previous state.
         """
-        db = self.folder / DB_NAME
+        db = self.paths.db
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -290,7 +290,7 @@ class Workspace:
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise WorkspaceError(f"workspace database is damaged: {exc}", path=self.folder / DB_NAME,
+            raise WorkspaceError(f"workspace database is damaged: {exc}", path=self.paths.db,
                                  hint="restore assft.db from a backup; labels in labels/ are untouched") from exc
         return None if row is None else row["value"]
 
@@ -301,7 +301,7 @@ class Workspace:
     # ------------------------------------------------------------- settings
     @property
     def settings_path(self) -> Path:
-        return self.folder / "settings.json"
+        return self.paths.settings
 
     @property
     def settings(self) -> Settings:
@@ -374,7 +374,7 @@ class Workspace:
         written; it is written atomically to ``labels/<case>.nii.gz`` and a
         label it replaces is first kept in ``labels/.history/``.
         """
-        from . import io as vio
+        from .. import io as vio
         case = self.case(case_id)
         image = vio.read_volume(case.image_path, kind="image")
         array = np.asarray(array)
@@ -384,10 +384,10 @@ class Workspace:
         if affine is not None:
             vio.check_same_geometry(image, vio.Volume(array, np.asarray(affine), None), what=f"label for {case_id}")
         vio.check_label_values(array, len(self.classes), path=f"label for {case_id}")
-        target = self.folder / "labels" / f"{case_id}{LABEL_SUFFIX}"
+        target = self.paths.label(case_id)
         now = _now()
         if target.exists():
-            keep = self.folder / "labels" / ".history" / f"{case_id}.{now.replace(':', '').replace('+', 'Z')}{LABEL_SUFFIX}"
+            keep = self.paths.label_history / f"{case_id}.{now.replace(':', '').replace('+', 'Z')}{LABEL_SUFFIX}"
             try:
                 with atomic_path(keep) as tmp:
                     shutil.copyfile(target, tmp)
@@ -409,7 +409,7 @@ class Workspace:
         return [dict(r) for r in rows]
 
     def read_label(self, case_id: str) -> np.ndarray | None:
-        from . import io as vio
+        from .. import io as vio
         path = self.label_path(case_id)
         return None if path is None else vio.read_volume(path, kind="label").array
 
@@ -427,11 +427,11 @@ class Workspace:
         workspace never depends on a file the user may move.  The checksum is
         computed from the file as stored.
         """
-        from .models import file_checksum
+        from ..models import file_checksum
         src = Path(path).resolve()
         if not src.exists():
             raise WorkspaceError("model file does not exist", path=src, hint="check the path")
-        models_dir = self.folder / "models"
+        models_dir = self.paths.models
         if src.parent != models_dir:
             with self._write() as c:
                 n = (c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM models").fetchone()[0])
@@ -555,7 +555,7 @@ class Workspace:
         naming the process that holds it.  The operating system releases the
         lock when the holder dies, so a killed worker never leaves it stuck.
         """
-        lock_path = self.folder / "jobs" / f"{name}.lock"
+        lock_path = self.paths.lock(name)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(lock_path, "a+")
         try:
@@ -609,7 +609,7 @@ class Workspace:
                 problems.append(f"model {m.id}: file missing: {m.path}")
         cur = self.current_model()
         if cur is not None and cur.path.exists():
-            from .models import file_checksum
+            from ..models import file_checksum
             if file_checksum(cur.path) != cur.checksum:
                 problems.append(f"current model {cur.id}: checksum mismatch: {cur.path}")
         return problems

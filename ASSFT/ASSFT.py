@@ -27,6 +27,7 @@ except ImportError:  # a source checkout: the library sits beside this module's 
 
 from ASSFTLib import mrml
 from ASSFTLib.errors import ASSFTError
+from ASSFTLib.jobs import describe_event
 
 try:
     from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -347,7 +348,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel(timeout=0)  # did not stop in time: end the process tree
             self._cancelDeadline = None
         for event in self._job.poll():
-            state = ASSFTLogic.describeEvent(event)
+            state = describe_event(event)
             if state["fraction"] is not None:
                 self.ui.jobProgressBar.setRange(0, 1000)
                 self.ui.jobProgressBar.setValue(int(1000 * state["fraction"]))
@@ -578,7 +579,7 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
         return self._model
 
     def _loadImage(self, caseId: str):
-        from ASSFTLib.io import read_volume
+        from ASSFTLib.volumes import read_volume
         volume = read_volume(self._ws().image_path(caseId))
         self._imageNode = mrml.volume_node_from_array(self.scene, volume.array, volume.affine, name=caseId,
                                                       node=self._imageNode)
@@ -592,7 +593,7 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
         label, else (with ``prefill``) the current model's prediction, else empty.
         """
         import numpy as np
-        from ASSFTLib.io import read_volume
+        from ASSFTLib.volumes import read_volume
         ws = self._ws()
         imageNode, volume = self._loadImage(caseId)
         labelPath = labelPath or ws.label_path(caseId)
@@ -645,39 +646,6 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
         from ASSFTLib.worker import CANCEL_FILE
         (Path(job.job_dir) / CANCEL_FILE).touch()
 
-    @staticmethod
-    def describeEvent(event: dict) -> dict:
-        """What the panel shows for one worker event: ``fraction`` (0..1 or None), ``text``, ``quality``."""
-        kind = event.get("event")
-        fraction, text, quality = None, "", ""
-        if kind == "progress":
-            step, total = event.get("step"), event.get("total")
-            if step is not None and total:
-                fraction = min(1.0, float(step) / float(total))
-            parts = [f"{event.get('phase', event.get('kind', 'job'))} {step}/{total}"]
-            if event.get("loss") is not None:
-                parts.append(f"loss {float(event['loss']):.4f}")
-            if event.get("eta_s") is not None:
-                eta = int(event["eta_s"])
-                parts.append(f"ETA {eta // 60}:{eta % 60:02d}")
-            text = ", ".join(parts)
-        elif kind == "result":
-            fraction, text = 1.0, f"{event.get('kind', 'job')} finished."
-            metrics = event.get("metrics") or {}
-            dice = metrics.get("heldout_dice", metrics.get("dice"))
-            if isinstance(dice, (int, float)):
-                quality = f"Held-out Dice of the new model: {dice:.3f}"
-        elif kind == "warning":
-            text = f"Warning: {event.get('message', '')}"
-        elif kind == "error":
-            text = f"Failed: {event.get('message', 'unknown error')}"
-        elif kind == "cancelled":
-            text = "Cancelled; the job can be resumed." if event.get("resumable") else \
-                f"Stopped: {event.get('message', '')}"
-        elif kind == "start":
-            text = f"{event.get('kind', 'job')} started."
-        return {"fraction": fraction, "text": text, "quality": quality}
-
     # ------------------------------------------------------------- pseudo QA
     def pseudoCandidates(self) -> tuple[list[dict], str]:
         """Unlabeled volumes passing the SSFT filter with the current model's cached scores.
@@ -710,7 +678,7 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
 
     def showPseudoLabel(self, caseId: str) -> tuple[Any, Any]:
         """Show ``caseId``'s pseudo-label as a read-only overlay on its image."""
-        from ASSFTLib.io import read_volume
+        from ASSFTLib.volumes import read_volume
         ws = self._ws()
         label = read_volume(self.pseudoLabelPath(caseId), kind="label").array
         imageNode, volume = self._loadImage(caseId)
@@ -767,7 +735,7 @@ class ASSFTTest(ScriptedLoadableModuleTest):
         mrml.segmentation_from_labelmap(slicer.mrmlScene, label, mrml.node_affine(imageNode),
                                         logic.workspace.classes, reference_node=imageNode, node=segmentationNode)
         path = logic.saveCurrentLabel(user="ASSFTTest")
-        from ASSFTLib.io import read_volume
+        from ASSFTLib.volumes import read_volume
         saved = read_volume(path, kind="label")
         self.assertTrue(np.array_equal(saved.array, label))
         self.assertIn(caseId, logic.workspace.labeled_ids())

@@ -11,7 +11,7 @@
 The worker runs with any Python executable (Slicer's, or a site's GPU
 environment): ``python`` defaults to the running interpreter and the folder
 holding ``ASSFTLib`` is put on the child's ``PYTHONPATH``. No Qt here: the
-Slicer module polls from a timer.
+Slicer module polls from a timer and shows each event through :func:`describe_event`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 from .worker import CANCEL_FILE, EXIT_CANCELLED, default_job_dir
 
@@ -164,3 +164,40 @@ class Job:
             self._signal(signal.SIGKILL)
         else:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False)
+
+
+def describe_event(event: dict) -> Dict[str, Any]:
+    """What a panel shows for one worker event: ``fraction`` (0..1 or None), ``text`` and ``quality``.
+
+    ``text`` is the status line ("" when the event changes nothing), ``quality``
+    the held-out Dice of a finished round ("" otherwise).
+    """
+    kind = event.get("event")
+    fraction, text, quality = None, "", ""
+    if kind == "progress":
+        step, total = event.get("step"), event.get("total")
+        if step is not None and total:
+            fraction = min(1.0, float(step) / float(total))
+        parts = [f"{event.get('phase', event.get('kind', 'job'))} {step}/{total}"]
+        if event.get("loss") is not None:
+            parts.append(f"loss {float(event['loss']):.4f}")
+        if event.get("eta_s") is not None:
+            eta = int(event["eta_s"])
+            parts.append(f"ETA {eta // 60}:{eta % 60:02d}")
+        text = ", ".join(parts)
+    elif kind == "result":
+        fraction, text = 1.0, f"{event.get('kind', 'job')} finished."
+        metrics = event.get("metrics") or {}
+        dice = metrics.get("heldout_dice", metrics.get("dice"))
+        if isinstance(dice, (int, float)):
+            quality = f"Held-out Dice of the new model: {dice:.3f}"
+    elif kind == "warning":
+        text = f"Warning: {event.get('message', '')}"
+    elif kind == "error":
+        text = f"Failed: {event.get('message', 'unknown error')}"
+    elif kind == "cancelled":
+        text = "Cancelled; the job can be resumed." if event.get("resumable") else \
+            f"Stopped: {event.get('message', '')}"
+    elif kind == "start":
+        text = f"{event.get('kind', 'job')} started."
+    return {"fraction": fraction, "text": text, "quality": quality}

@@ -23,6 +23,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the 'slicer' package here is not Slicer's core", allow_module_level=True)
 
 from ASSFTLib import mrml  # noqa: E402
+from ASSFTLib.jobs import describe_event  # noqa: E402
 
 MODULE_FILE = Path(__file__).resolve().parents[2] / "ASSFT" / "ASSFT.py"
 
@@ -119,7 +120,7 @@ def test_workspace_without_model_has_an_empty_worklist_that_says_why(logic, work
 
 
 def test_label_round_trip_through_a_segmentation(logic, workspace_folder):
-    from ASSFTLib.io import read_volume
+    from ASSFTLib.volumes import read_volume
 
     logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
     case_id = logic.workspace.unlabeled_ids()[0]
@@ -155,19 +156,6 @@ def test_saving_without_a_loaded_case_is_a_clear_error(logic, workspace_folder):
     logic.closeWorkspace()
 
 
-def test_job_events_become_panel_text(module):
-    describe = module.ASSFTLogic.describeEvent
-    progress = describe({"event": "progress", "kind": "train", "phase": "train", "step": 30, "total": 120,
-                         "loss": 0.51234, "eta_s": 75})
-    assert progress["fraction"] == pytest.approx(0.25)
-    assert "30/120" in progress["text"] and "0.5123" in progress["text"] and "1:15" in progress["text"]
-    result = describe({"event": "result", "kind": "train", "metrics": {"heldout_dice": 0.8123}})
-    assert result["fraction"] == 1.0 and "0.812" in result["quality"]
-    error = describe({"event": "error", "message": "model.pt: cannot be read (choose another file)"})
-    assert error["fraction"] is None and error["text"].startswith("Failed: model.pt")
-    assert "resumed" in describe({"event": "cancelled", "resumable": True})["text"]
-
-
 def test_job_poller_against_a_real_worker(logic, workspace_folder):
     """A score job on a workspace without a model fails; the panel polls until the process exits."""
     logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
@@ -182,7 +170,7 @@ def test_job_poller_against_a_real_worker(logic, workspace_folder):
     assert kinds[-1] == "exit" and events[-1]["returncode"] != 0, kinds
     assert "error" in kinds, kinds
     error = next(e for e in events if e["event"] == "error")
-    shown = logic.describeEvent(error)["text"]
+    shown = describe_event(error)["text"]
     assert shown.startswith("Failed:") and len(shown) > len("Failed: ")
     logic.closeWorkspace()
 

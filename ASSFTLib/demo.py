@@ -68,15 +68,14 @@ def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed
         if not (test / "dataset.json").exists():
             synthetic.make_dataset(test, n_test, profiles=profiles, seed=seed + 1000)
         return pool, test
-    from .io import load_dataset
-    from .workspace import _dataset_classes
+    from .dataset import dataset_classes, load_dataset
     cases, _problems = load_dataset(dataset)
     cases = [c for c in cases if c.label is not None]
     if len(cases) < n_test + 2:
         raise DatasetError(f"the demo needs at least {n_test + 2} labeled cases, found {len(cases)}", path=dataset,
                            hint="use a labeled MSD folder, or run `assft demo` without --dataset")
     order = np.random.default_rng(seed).permutation(len(cases))
-    classes = _dataset_classes(Path(dataset)) or ["background", "foreground"]
+    classes = dataset_classes(Path(dataset)) or ["background", "foreground"]
     test_cases = [cases[i] for i in order[:n_test]]
     pool_cases = [cases[i] for i in order[n_test:n_test + n_pool]]
     return _link_cases(pool_cases, pool, classes), _link_cases(test_cases, test, classes)
@@ -85,7 +84,8 @@ def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed
 def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int) -> np.ndarray:
     """Per-class Dice (mean over the test cases) of a checkpoint; shape (C - 1,)."""
     from .inference import predict_probs
-    from .io import load_dataset, read_volume
+    from .dataset import load_dataset
+    from .volumes import read_volume
     from .metrics import dice_per_class
     from .models import load_model
     model = load_model(model_path, device=settings.resolved_device())
@@ -105,7 +105,7 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
     from .scoring import rank_cases, score_cases
     from .training import pretrain, finetune_round
     from .workspace import Workspace
-    from .io import read_volume
+    from .volumes import read_volume
 
     out = Path(out).resolve()
     ws_dir = out / "workspace"
@@ -121,7 +121,7 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
     foundation = out / "foundation.pt"
     if not foundation.exists():
         log(f"pretraining a foundation model on the {n_pool} unlabeled pool volumes (masked reconstruction)")
-        from .io import find_volume_files
+        from .volumes import find_volume_files
         pretrain(find_volume_files(pool / "imagesTr"), foundation, settings.replace(steps=pretrain_steps),
                  progress=prog("pretrain"))
     ws = Workspace.create(ws_dir, dataset=pool, settings=settings, import_labels=False)

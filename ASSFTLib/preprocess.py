@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 
 from .errors import ASSFTError
-from .io import Volume
+from .volumes import Volume
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 Restore = Callable[[ArrayLike], ArrayLike]

@@ -228,7 +228,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
     called once per case drawn.
     """
     from . import scoring, ssft, training
-    from .io import read_volume
+    from .volumes import read_volume
     from .models import load_model
 
     ws = workspace

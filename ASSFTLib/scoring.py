@@ -12,7 +12,7 @@ annotator's worklist from cached scores alone with the pure selectors of
 from __future__ import annotations
 
 import csv
-import io as _stdio
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -163,7 +163,7 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
     on the next run) and the others go on.
     Returns ``{"model_checksum", "settings_hash", "total", "cached", "scored", "errors"}``.
     """
-    from . import io as vio
+    from .volumes import read_volume
     from .models import load_model
     settings = settings or workspace.settings
     current, found = _models_of(workspace)
@@ -194,7 +194,7 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
             raise JobCancelled(f"scoring stopped after {step} of {len(todo)} cases; run it again to continue",
                                path=workspace.folder)
         try:
-            volume = vio.read_volume(case.image_path, kind="image")
+            volume = read_volume(case.image_path, kind="image")
             record = score_volume(model, foundation, volume, settings,
                                   foundation_record=f_cached.get(case.case_id)).to_dict()
             summary["scored"] += 1
@@ -252,7 +252,7 @@ class RankTable:
                 "rows": [asdict(r) for r in self.rows]}
 
     def to_csv_text(self) -> str:
-        buf = _stdio.StringIO()
+        buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(self.COLUMNS)
         for r in self.rows:

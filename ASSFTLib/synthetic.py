@@ -26,7 +26,7 @@ from scipy.spatial.transform import Rotation
 
 from .errors import ASSFTError
 from .fileutil import atomic_write_text
-from .io import write_volume
+from .volumes import write_volume
 
 CLASSES = ("background", "head", "body")
 

@@ -69,7 +69,7 @@ class TrainCase:
 
 def _prepared_image(path: str | Path, preprocessing: dict) -> tuple[torch.Tensor, object]:
     """Read and normalise an image -> ((1, X, Y, Z) float32 tensor on the network grid, the Volume read)."""
-    from .io import read_volume
+    from .volumes import read_volume
     from .preprocess import prepare_image
     volume = read_volume(path, kind="image")
     tensor, _ = prepare_image(volume, preprocessing)
@@ -87,7 +87,7 @@ def _on_grid(array: np.ndarray, shape: Sequence[int], mode: str = "nearest") -> 
 def load_labeled_case(case_id: str, image_path: str | Path, label_path: str | Path, preprocessing: dict,
                       num_classes: int) -> TrainCase:
     """A labeled volume, checked (same grid as its image, classes 0..C-1), ready to train on."""
-    from .io import check_label_values, check_same_geometry, read_volume
+    from .volumes import check_label_values, check_same_geometry, read_volume
     image, volume = _prepared_image(image_path, preprocessing)
     label = read_volume(label_path, kind="label")
     check_same_geometry(volume, label, what=f"label of {case_id}")
@@ -372,7 +372,7 @@ def accepted_pseudo_labels(ws) -> dict[str, Path]:
 
 def _heldout_label_problems(ws, case_ids: Sequence[str], num_classes: int) -> list[ASSFTError]:
     """Check the held-out labels before training, so that a bad one fails the round at once, not after every step."""
-    from .io import check_label_values, check_same_geometry, read_volume
+    from .volumes import check_label_values, check_same_geometry, read_volume
     problems = []
     for case_id in case_ids:
         try:
@@ -398,7 +398,7 @@ def _heldout_dice(network: nn.Module, spec, ws, case_ids: Sequence[str], setting
                   device: str) -> dict[str, float]:
     """Mean foreground Dice of ``network`` on each held-out labeled case (original grid, test-time averaged)."""
     from .inference import predict_probs
-    from .io import read_volume
+    from .volumes import read_volume
     from .metrics import mean_dice
     from .models import LoadedModel, LoadReport
     model = LoadedModel(network.eval(), spec, LoadReport(), "", None)
@@ -519,7 +519,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: dict | None, devi
     pseudo = []
     if plan["pseudo"]:
         from .inference import predict_probs
-        from .io import read_volume
+        from .volumes import read_volume
         for c in plan["pseudo"]:
             probs = predict_probs(start.teacher, read_volume(ws.image_path(c)), settings)
             pseudo.append(prepared(pseudo_case(c, ws.image_path(c), probs, prep, settings.voxel_confidence)))
@@ -558,7 +558,7 @@ def write_pseudo_labels(ws, teacher, case_ids: Sequence[str], settings: Settings
                         progress: Progress = None) -> dict[str, Path]:
     """Write the argmax pseudo-labels of ``case_ids`` to ``<workspace>/pseudo/<case>.nii.gz`` for review."""
     from .inference import predict_probs
-    from .io import read_volume, write_volume
+    from .volumes import read_volume, write_volume
     out = {}
     for i, case_id in enumerate(case_ids):
         volume = read_volume(ws.image_path(case_id))
@@ -599,7 +599,7 @@ def pretext_loss(network: nn.Module, image: torch.Tensor, mask: torch.Tensor) ->
 
 def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Volume files from a mix of files and folders (MSD folders: their ``imagesTr``)."""
-    from .io import find_volume_files
+    from .volumes import find_volume_files
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():

@@ -1,4 +1,4 @@
-"""Reading and writing volumes, checking their geometry, and finding datasets.
+"""Volumes: reading and writing them, their geometry, and checking labels against them.
 
 Conventions (``docs/architecture.md``):
 
@@ -10,23 +10,22 @@ Conventions (``docs/architecture.md``):
   with SimpleITK, whose LPS geometry is converted to RAS, so the NIfTI and the
   NRRD of one volume give the same affine.
 - Every failure on bad input raises a :class:`~ASSFTLib.errors.ASSFTError`
-  subclass naming the file and saying what to do; datasets collect problems
-  instead of failing on the first bad entry.
+  subclass naming the file and saying what to do.
+
+Finding the cases of a dataset folder is :mod:`ASSFTLib.dataset`'s job.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DatasetError, GeometryError, LabelError, VolumeError
+from .errors import GeometryError, LabelError, VolumeError
 from .fileutil import atomic_path
 
 #: Suffixes read, longest first so ``.nii.gz`` wins over ``.gz``.
@@ -43,7 +42,7 @@ _CHANNEL_SUFFIX = re.compile(r"_0000$")
 #: dimensions (OverflowError from the memory map, MemoryError from the allocation).
 _NIBABEL_READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
                         OSError, EOFError, ValueError, zlib.error, OverflowError, MemoryError)
-_SUPPORTED_TEXT = ", ".join(VOLUME_SUFFIXES)
+SUPPORTED_TEXT = ", ".join(VOLUME_SUFFIXES)
 
 
 @dataclass
@@ -131,7 +130,7 @@ def read_volume(path: str | Path, kind: str = "image") -> Volume:
     suffix = volume_suffix(path)
     if suffix is None:
         raise VolumeError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}", path=path,
-                          hint=f"save the volume as one of {_SUPPORTED_TEXT}")
+                          hint=f"save the volume as one of {SUPPORTED_TEXT}")
     if not path.is_file():
         raise VolumeError("file not found" if not path.exists() else "is not a file", path=path,
                           hint="check the path, or re-export the volume")
@@ -343,137 +342,3 @@ def check_label_values(array: np.ndarray, num_classes: int, path: str | Path | N
         more = f" and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
         raise LabelError(f"label values outside 0..{num_classes - 1}: {listed}{more}", path=path,
                          hint=f"the task has {num_classes} classes; relabel these voxels or choose the right file")
-
-
-# ----------------------------------------------------------------------------
-# datasets
-@dataclass(frozen=True)
-class DatasetCase:
-    """One case of an input dataset; ``meta`` holds other keys of its dataset.json entry."""
-
-    case_id: str
-    image: Path
-    label: Path | None = None
-    meta: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def profile(self) -> str | None:
-        """The acquisition profile of a synthetic or benchmark case, if its entry names one."""
-        return self.meta.get("profile")
-
-
-@dataclass(frozen=True)
-class DatasetProblem:
-    """Something wrong with one entry of a dataset; the rest of the dataset is usable."""
-
-    path: Path
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-def load_dataset(folder: str | Path) -> tuple[list[DatasetCase], list[DatasetProblem]]:
-    """Find the cases of a dataset folder.
-
-    Layouts: MSD / nnU-Net (``dataset.json`` whose ``"training"`` entries name
-    ``./imagesTr/x.nii.gz`` and ``./labelsTr/x.nii.gz``, ``"test"`` entries name
-    images only), a folder with ``imagesTr/`` (and ``labelsTr/``) but no usable
-    ``dataset.json`` (scanned), or a plain folder of volumes (labels optionally
-    in ``labelsTr/`` beside them, matched by case id).
-
-    Bad entries (missing files, duplicate case ids, paths leaving the folder, an
-    unreadable dataset.json) become :class:`DatasetProblem` s; :class:`DatasetError`
-    is raised only when the folder does not exist or holds no volumes at all.
-    Files are not opened here: :func:`read_volume` checks them when they are used.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError("dataset folder not found" if not folder.exists() else "is not a folder", path=folder,
-                           hint="choose the folder that holds dataset.json and imagesTr, or a folder of volumes")
-    problems: list[DatasetProblem] = []
-    entries = _msd_entries(folder, problems)
-    if entries is None:
-        entries = _scanned_entries(folder, problems)
-    cases = _unique_cases(entries, problems)
-    if not cases:
-        raise DatasetError(f"no usable volumes ({_SUPPORTED_TEXT}) found"
-                           + (f"; {len(problems)} problems, first: {problems[0]}" if problems else ""), path=folder,
-                           hint="choose an MSD dataset folder (dataset.json, imagesTr, labelsTr) or a folder of volumes")
-    return cases, problems
-
-
-def _msd_entries(folder: Path, problems: list[DatasetProblem]) -> list[DatasetCase] | None:
-    """Cases listed in dataset.json, or None when there is no usable list (then scan)."""
-    json_path = folder / "dataset.json"
-    if not json_path.is_file():
-        return None
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("the top level is not an object")
-        if not isinstance(data.get("training", []), list) or not isinstance(data.get("test", []), list):
-            raise ValueError('"training" and "test" must be lists')
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        problems.append(DatasetProblem(json_path, f"cannot be read ({exc}); scanned imagesTr instead"))
-        return None
-    if "training" not in data and "test" not in data:
-        return None  # nnU-Net v2 style: the files define the cases
-    listed = [(e, True) for e in data.get("training", [])] + [(e, False) for e in data.get("test", [])]
-    cases = []
-    for entry, has_label in listed:
-        if isinstance(entry, str):
-            entry = {"image": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            problems.append(DatasetProblem(json_path, f"entry {entry!r} has no \"image\" path; ignored"))
-            continue
-        image = _inside(folder, entry["image"], problems, json_path)
-        if image is None:
-            continue
-        if not image.is_file():
-            problems.append(DatasetProblem(image, "listed in dataset.json but missing; case ignored"))
-            continue
-        label = None
-        if has_label and isinstance(entry.get("label"), str):
-            label = _inside(folder, entry["label"], problems, json_path)
-            if label is not None and not label.is_file():
-                problems.append(DatasetProblem(label, "label listed in dataset.json but missing; "
-                                                      "the case is kept without a label"))
-                label = None
-        meta = {k: v for k, v in entry.items() if k not in ("image", "label")}
-        cases.append(DatasetCase(case_id_from_path(image), image, label, meta))
-    return cases
-
-
-def _inside(folder: Path, relative: str, problems: list[DatasetProblem], source: Path) -> Path | None:
-    """``folder / relative`` if it stays inside ``folder`` (textually: symlinked data is fine)."""
-    path = Path(os.path.normpath(folder / relative))
-    root = Path(os.path.normpath(folder))
-    if path != root and root in path.parents:
-        return path
-    problems.append(DatasetProblem(source, f"path {relative!r} leaves the dataset folder; ignored"))
-    return None
-
-
-def _scanned_entries(folder: Path, problems: list[DatasetProblem]) -> list[DatasetCase]:
-    """Cases from the files: ``imagesTr`` (labels from ``labelsTr``) and ``imagesTs``, else ``folder`` itself."""
-    labels: dict[str, Path] = {}
-    for path in find_volume_files(folder / "labelsTr"):
-        labels.setdefault(case_id_from_path(path), path)
-    labelled_dir = folder / "imagesTr" if (folder / "imagesTr").is_dir() else folder
-    cases = [DatasetCase(case_id_from_path(p), p, labels.pop(case_id_from_path(p), None))
-             for p in find_volume_files(labelled_dir)]
-    cases += [DatasetCase(case_id_from_path(p), p) for p in find_volume_files(folder / "imagesTs")]
-    problems.extend(DatasetProblem(path, "label without an image; ignored") for path in labels.values())
-    return cases
-
-
-def _unique_cases(cases: list[DatasetCase], problems: list[DatasetProblem]) -> list[DatasetCase]:
-    seen: dict[str, DatasetCase] = {}
-    for case in cases:
-        if case.case_id in seen:
-            problems.append(DatasetProblem(case.image, f"duplicate case id {case.case_id!r} "
-                                                       f"(already used by {seen[case.case_id].image.name}); ignored"))
-            continue
-        seen[case.case_id] = case
-    return list(seen.values())

@@ -198,30 +198,30 @@ class TargetCase:
 
 
 def write_target_folder(folder: Path, cases: Sequence, scanner: dict[str, str], setting: str) -> list[TargetCase]:
-    """Write ``cases`` (``io.DatasetCase``) as an MSD folder of (shifted) images and their labels.
+    """Write ``cases`` (``dataset.DatasetCase``) as an MSD folder of (shifted) images and their labels.
 
     Images get the scanner's shift (none for ``plain``), labels are copied;
     geometry is the original's.  Files already present are kept (the cache).
     """
     import json
 
-    from .. import io as vio
+    from ..volumes import read_volume, write_volume
     from ..fileutil import atomic_write_text
     out = []
     for c in cases:
         img_path = folder / "imagesTr" / f"{c.case_id}.nii.gz"
         lab_path = folder / "labelsTr" / f"{c.case_id}.nii.gz"
         if not img_path.exists():
-            vol = vio.read_volume(c.image, kind="image")
+            vol = read_volume(c.image, kind="image")
             profile = _shift_profile(setting, scanner[c.case_id])
             array = vol.array
             if profile is not None:
                 from .. import synthetic
                 array = synthetic.apply_shift(array, profile, _shift_rng(c.case_id))
-            vio.write_volume(img_path, np.asarray(array, np.float32), vol.affine)
+            write_volume(img_path, np.asarray(array, np.float32), vol.affine)
         if not lab_path.exists():
-            lab = vio.read_volume(c.label, kind="label")
-            vio.write_volume(lab_path, lab.array, lab.affine)
+            lab = read_volume(c.label, kind="label")
+            write_volume(lab_path, lab.array, lab.affine)
         out.append(TargetCase(c.case_id, img_path, lab_path, scanner[c.case_id]))
     meta = {"name": f"hippo-{setting}", "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
             "numTraining": len(out),
@@ -243,8 +243,8 @@ class Prepared:
 
 
 def _dataset_cases(folder: Path) -> dict:
-    from .. import io as vio
-    cases, _ = vio.load_dataset(folder)
+    from ..dataset import load_dataset
+    cases, _ = load_dataset(folder)
     labeled = {c.case_id: c for c in cases if c.label is not None}
     if not labeled:
         raise DatasetError("no labeled cases found", path=folder,
@@ -308,9 +308,9 @@ def _new_workspace(folder: Path, prepared: Prepared, settings: Settings, foundat
 
 def annotate(ws, case_ids: Sequence[str]) -> None:
     """The simulated annotator: save each case's hidden reference label as its label."""
-    from .. import io as vio
+    from ..volumes import read_volume
     for cid in case_ids:
-        ref = vio.read_volume(ws.case(cid).reference_label, kind="label")
+        ref = read_volume(ws.case(cid).reference_label, kind="label")
         ws.save_label(cid, ref.array, affine=ref.affine, user="simulated-annotator", source="benchmark")
 
 
@@ -327,14 +327,14 @@ def query_round(ws, settings: Settings) -> list[str]:
 
 def _evaluate(model_path: Path, test: Sequence[TargetCase], settings: Settings) -> dict:
     """Test Dice of one checkpoint: mean over :data:`EVAL_CLASSES`, overall, per class and per scanner."""
-    from .. import io as vio
+    from ..volumes import read_volume
     from ..inference import predict_probs
     from ..models import load_model
     model = load_model(model_path)
     per_case = {}
     for t in test:
-        probs = predict_probs(model, vio.read_volume(t.image, kind="image"), settings)
-        truth = vio.read_volume(t.label, kind="label").array
+        probs = predict_probs(model, read_volume(t.image, kind="image"), settings)
+        truth = read_volume(t.label, kind="label").array
         d = dice_per_class(np.argmax(probs, axis=0), truth, probs.shape[0])
         per_case[t.case_id] = [float(d[k - 1]) for k in EVAL_CLASSES]
     return summarize_dice(per_case, {t.case_id: t.scanner for t in test})
@@ -358,16 +358,16 @@ def pseudo_quality(teacher: Path, admitted: Sequence[str], ws, settings: Setting
     teacher: the checkpoint current when the round started (it made the
     pseudo-labels: argmax of its test-time averaged probabilities, as training does).
     """
-    from .. import io as vio
+    from ..volumes import read_volume
     from ..inference import predict_probs
     from ..models import load_model
     from ..ssft import pseudo_target
     dice = {}
     model = load_model(teacher) if admitted else None
     for cid in admitted:
-        label, _ = pseudo_target(predict_probs(model, vio.read_volume(ws.image_path(cid)), settings),
+        label, _ = pseudo_target(predict_probs(model, read_volume(ws.image_path(cid)), settings),
                                  settings.voxel_confidence)
-        truth = vio.read_volume(ws.case(cid).reference_label, kind="label").array
+        truth = read_volume(ws.case(cid).reference_label, kind="label").array
         d = dice_per_class(label, truth, len(ws.classes))
         dice[cid] = float(np.mean([d[k - 1] for k in EVAL_CLASSES]))
     return {"admitted": len(admitted), "dice": dice,

@@ -121,7 +121,7 @@ def make_models(device: str, patch_size: Sequence[int]):
 
 def make_volumes(n: int, size: Sequence[int]) -> list:
     """``n`` synthetic hippocampus-like volumes (``io.Volume``) of ``size``."""
-    from ..io import Volume
+    from ..volumes import Volume
     from ..synthetic import make_case
     out = []
     for i in range(n):
@@ -221,7 +221,7 @@ def _workspace_of(folder: Path, n: int, settings: Settings) -> Iterator:
     import json
 
     from ..fileutil import atomic_write_text
-    from ..io import write_volume
+    from ..volumes import write_volume
     from ..workspace import Workspace
     data = folder / "pool"
     rng = np.random.default_rng(0)
@@ -302,7 +302,7 @@ def finetune_speed(settings: Settings, folder: Path, steps: int, patch_size: Seq
 
 def large_volume(model, foundation, size: Sequence[int], settings: Settings, device: str) -> dict:
     """Time and peak memory of full ATSQ scoring of one ``size`` volume (synthetic CT-like intensities)."""
-    from ..io import Volume
+    from ..volumes import Volume
     from ..scoring import score_volume
     rng = np.random.default_rng(0)
     image = rng.normal(40.0, 300.0, size=tuple(size)).astype(np.float32)

@@ -53,11 +53,11 @@ def _bars(name: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import format_table, run_demo
-    from ..workspace import _dataset_classes
+    from ..dataset import dataset_classes
     rounds = run_demo(args.out, dataset=args.dataset, rounds=args.rounds, budget=args.budget, n_pool=args.pool,
                       n_test=args.test, pretrain_steps=args.pretrain_steps, steps=args.steps, seed=args.seed,
                       device=args.device, progress=_bars)
-    classes = _dataset_classes(Path(args.out) / "data" / "pool")
+    classes = dataset_classes(Path(args.out) / "data" / "pool")
     print()
     print("Dice on held-out test cases after each round (quality = Dice on labels held out of that round):")
     print(format_table(rounds, classes))

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..workspace import Workspace, task_classes
+    from ..dataset import task_classes
+    from ..workspace import Workspace
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     if args.model:  # refuse an unsafe, damaged or unsuitable checkpoint before creating anything
         from ..models import check_task_compatible, load_model

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ASSFTError, DatasetError, LabelError, WorkspaceError
+from ..errors import ASSFTError, LabelError, WorkspaceError
 from ..fileutil import atomic_path
 from ..settings import Settings
 from .paths import DB_NAME, LABEL_SUFFIX, WorkspacePaths
@@ -208,10 +208,10 @@ class Workspace:
                                  hint="open it, or choose another folder")
         if folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
             raise WorkspaceError("folder is not empty", path=folder, hint="choose a new or empty folder for the workspace")
+        from ..dataset import load_dataset, task_classes  # here: reading volumes needs nibabel and SimpleITK
         cases, problems = [], []
         if dataset is not None:
-            from .. import io as vio
-            cases, problems = vio.load_dataset(dataset)
+            cases, problems = load_dataset(dataset)
         classes = task_classes(dataset, classes)
         paths = WorkspacePaths(folder)
         paths.make_folders()
@@ -374,16 +374,16 @@ class Workspace:
         written; it is written atomically to ``labels/<case>.nii.gz`` and a
         label it replaces is first kept in ``labels/.history/``.
         """
-        from .. import io as vio
+        from ..volumes import Volume, check_label_values, check_same_geometry, read_volume, write_volume
         case = self.case(case_id)
-        image = vio.read_volume(case.image_path, kind="image")
+        image = read_volume(case.image_path, kind="image")
         array = np.asarray(array)
         if array.shape != image.array.shape:
             raise LabelError(f"label shape {array.shape} does not match the image shape {image.array.shape}",
                              path=case.image_path, hint="segment on the case's own volume, without cropping or resampling")
         if affine is not None:
-            vio.check_same_geometry(image, vio.Volume(array, np.asarray(affine), None), what=f"label for {case_id}")
-        vio.check_label_values(array, len(self.classes), path=f"label for {case_id}")
+            check_same_geometry(image, Volume(array, np.asarray(affine), None), what=f"label for {case_id}")
+        check_label_values(array, len(self.classes), path=f"label for {case_id}")
         target = self.paths.label(case_id)
         now = _now()
         if target.exists():
@@ -395,7 +395,7 @@ class Workspace:
                 raise LabelError(f"cannot keep the previous label in the history ({exc.strerror or exc}); "
                                  "the current label is unchanged", path=keep,
                                  hint="free disk space or check that the workspace is writable, then save again") from exc
-        vio.write_volume(target, array.astype(np.uint8 if len(self.classes) <= 256 else np.int16), image.affine)
+        write_volume(target, array.astype(np.uint8 if len(self.classes) <= 256 else np.int16), image.affine)
         who = user or _user()
         with self._write() as c:
             c.execute("UPDATE cases SET label_path = ?, status = 'labeled', labeled_by = ?, labeled_at = ?, error = NULL "
@@ -409,9 +409,9 @@ class Workspace:
         return [dict(r) for r in rows]
 
     def read_label(self, case_id: str) -> np.ndarray | None:
-        from .. import io as vio
+        from ..volumes import read_volume
         path = self.label_path(case_id)
-        return None if path is None else vio.read_volume(path, kind="label").array
+        return None if path is None else read_volume(path, kind="label").array
 
     # --------------------------------------------------------------- models
     @staticmethod
@@ -654,34 +654,3 @@ def _try_lock(fh) -> bool:
         return True
     except OSError:
         return False
-
-
-def task_classes(dataset: str | Path | None, classes: Sequence[str] | None = None) -> list[str]:
-    """The task's class names: ``classes`` if given, else the dataset.json ``labels``, else background/foreground."""
-    found = _dataset_classes(Path(dataset)) if dataset is not None and not classes else None
-    names = list(classes or found or ["background", "foreground"])
-    if len(names) < 2:
-        raise DatasetError("a segmentation task needs at least two classes (background and one structure)",
-                           path=dataset, hint="pass --classes background,NAME")
-    return names
-
-
-def _dataset_classes(folder: Path) -> list[str] | None:
-    """Class names from an MSD ``dataset.json`` (``labels``: {"0": "background", ...}), if present."""
-    meta = folder / "dataset.json"
-    if not meta.exists():
-        return None
-    try:
-        labels = json.loads(meta.read_text()).get("labels")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(labels, dict):
-        return None
-    try:
-        items = sorted((int(k), str(v)) for k, v in labels.items())
-    except ValueError:  # nnU-Net v2 style: {"background": 0, ...}
-        items = sorted((int(v), str(k)) for k, v in labels.items())
-    if [i for i, _ in items] != list(range(len(items))):
-        raise DatasetError("dataset.json 'labels' must number the classes 0..C-1 without gaps", path=meta,
-                           hint="fix the labels entry")
-    return [name for _, name in items]

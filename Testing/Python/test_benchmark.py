@@ -96,7 +96,7 @@ def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
     assert len(on_disk["split"]["pool"]) == profile.sizes["pool"]
 
     # the shifted images live in the cache with the original geometry
-    from ASSFTLib.io import read_volume
+    from ASSFTLib.volumes import read_volume
     case = on_disk["split"]["pool"][0]
     shifted = read_volume(tmp_path / "cache" / "multisite" / "pool" / "imagesTr" / f"{case}.nii.gz")
     original = read_volume(hippo_dir / "imagesTr" / f"{case}.nii.gz")

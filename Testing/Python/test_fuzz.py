@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
 from ASSFTLib import query, ssft
 from ASSFTLib.errors import ASSFTError
 from ASSFTLib.settings import Settings
@@ -43,13 +43,13 @@ def _count(name: str) -> None:
 def seed_files(hippo_dir, tmp_path_factory) -> dict[str, bytes]:
     """Real small files: a Task04 image as shipped (.nii.gz) and a crop of it written as .nii and .nrrd."""
     real = sorted((hippo_dir / "imagesTr").glob("*.nii.gz"))[0]
-    vol = vio.read_volume(real)
+    vol = volumes.read_volume(real)
     crop = vol.array[:10, :12, :8]
     folder = tmp_path_factory.mktemp("seeds")
-    vio.write_volume(folder / "crop.nii", crop, vol.affine)
-    vio.write_volume(folder / "crop.nrrd", crop, vol.affine)
-    label = vio.read_volume(hippo_dir / "labelsTr" / real.name, kind="label")
-    vio.write_volume(folder / "label.nrrd", label.array[:10, :12, :8], vol.affine)
+    volumes.write_volume(folder / "crop.nii", crop, vol.affine)
+    volumes.write_volume(folder / "crop.nrrd", crop, vol.affine)
+    label = volumes.read_volume(hippo_dir / "labelsTr" / real.name, kind="label")
+    volumes.write_volume(folder / "label.nrrd", label.array[:10, :12, :8], vol.affine)
     return {".nii.gz": real.read_bytes(), ".nii": (folder / "crop.nii").read_bytes(),
             ".nrrd": (folder / "crop.nrrd").read_bytes(), "label.nrrd": (folder / "label.nrrd").read_bytes()}
 
@@ -96,7 +96,7 @@ def test_readers_raise_only_assft_errors_on_mutated_files(seed_files, name):
             path = Path(tmp) / f"fuzz{suffix}"
             path.write_bytes(mutate(data, edits))
             try:
-                vol = vio.read_volume(path, kind=kind)
+                vol = volumes.read_volume(path, kind=kind)
             except ASSFTError as exc:
                 assert exc.path == str(path) and exc.hint
                 return
@@ -113,7 +113,7 @@ def test_a_sign_flip_in_a_nifti_dimension_is_a_volume_error(seed_files, tmp_path
     path = tmp_path / "negative_dim.nii"
     path.write_bytes(mutate(seed_files[".nii"], [("flip", 43, 128)]))  # the high byte of dim[1]
     with pytest.raises(ASSFTError, match="truncated or corrupt") as err:
-        vio.read_volume(path)
+        volumes.read_volume(path)
     assert err.value.path == str(path)
 
 
@@ -143,14 +143,14 @@ def test_label_writer_round_trip_keeps_array_and_geometry(case):
     array, affine, suffix = case
     _count("label round trip")
     with tempfile.TemporaryDirectory() as tmp:
-        path = vio.write_volume(Path(tmp) / f"label{suffix}", array, affine)
-        back = vio.read_volume(path, kind="label")
+        path = volumes.write_volume(Path(tmp) / f"label{suffix}", array, affine)
+        back = volumes.read_volume(path, kind="label")
         assert not [p for p in Path(tmp).iterdir() if p != path]  # no temporary file left behind
     assert back.array.dtype.kind in "iu"
     assert np.array_equal(back.array, array.astype(np.int64))
     scale = max(1.0, float(np.abs(affine).max()))
     assert np.allclose(back.affine, affine, rtol=0, atol=2e-5 * scale)
-    vio.check_same_geometry(vio.Volume(array.astype(np.uint8) * 0, affine), back)
+    volumes.check_same_geometry(volumes.Volume(array.astype(np.uint8) * 0, affine), back)
 
 
 # ------------------------------------------------------------------------------------- query

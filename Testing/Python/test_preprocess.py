@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
+from ASSFTLib.dataset import load_dataset
 from ASSFTLib import synthetic
 from ASSFTLib.errors import ASSFTError
 from ASSFTLib.preprocess import default_preprocessing, prepare_image, resampled_shape, validate_preprocessing
@@ -13,8 +14,8 @@ from ASSFTLib.preprocess import default_preprocessing, prepare_image, resampled_
 torch.set_num_threads(1)
 
 
-def _volume(array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> vio.Volume:
-    return vio.Volume(np.asarray(array, dtype=np.float32), np.diag([*spacing, 1.0]))
+def _volume(array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> volumes.Volume:
+    return volumes.Volume(np.asarray(array, dtype=np.float32), np.diag([*spacing, 1.0]))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -22,8 +23,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_zscore_on_a_real_image_uses_nonzero_voxels(hippo_dir):
-    case = vio.load_dataset(hippo_dir)[0][0]
-    volume = vio.read_volume(case.image)
+    case = load_dataset(hippo_dir)[0][0]
+    volume = volumes.read_volume(case.image)
     tensor, restore = prepare_image(volume, default_preprocessing())
     assert tensor.shape == (1, 1, *volume.shape) and tensor.dtype == torch.float32
     nonzero = volume.array != 0

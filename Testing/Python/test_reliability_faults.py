@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
 from ASSFTLib import worker
 from ASSFTLib.errors import LabelError, VolumeError
 from ASSFTLib.models import file_checksum, load_model
@@ -47,12 +47,12 @@ CODE_VOXELS = 12
 _SAVER = r"""
 import os, sys
 import numpy as np
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
 from ASSFTLib.workspace import Workspace
 ws = Workspace.open(sys.argv[1])
 start, count = int(sys.argv[2]), int(sys.argv[3])
 cases = [c.case_id for c in ws.cases()]
-shapes = {c: vio.read_volume(ws.image_path(c)).shape for c in cases}
+shapes = {c: volumes.read_volume(ws.image_path(c)).shape for c in cases}
 print("ready", flush=True)
 for i in range(start, start + count):
     if len(sys.argv) > 4 and os.path.exists(sys.argv[4]):
@@ -114,14 +114,14 @@ def audit(folder: Path, expected: dict[str, set[int]] | None = None) -> None:
         labels = folder / "labels"
         for path in labels.iterdir():
             if path.is_file() and not path.name.startswith("."):
-                vio.read_volume(path, kind="label")  # no half-written label file is visible
+                volumes.read_volume(path, kind="label")  # no half-written label file is visible
         assert all(p.name.startswith(".") for p in labels.iterdir() if ".tmp" in p.name)
         for path in (labels / ".history").iterdir():
             if not path.name.startswith("."):
-                vio.read_volume(path, kind="label")
+                volumes.read_volume(path, kind="label")
         for case in ws.cases():
             if case.label_path is not None:
-                vio.read_volume(case.label_path, kind="label")
+                volumes.read_volume(case.label_path, kind="label")
         current = ws.current_model()
         assert current is not None and file_checksum(current.path) == current.checksum
         load_model(current.path)
@@ -206,7 +206,7 @@ def test_kill9_during_scoring_training_and_label_saving_loses_nothing(ws_path, r
 def _save_then_fill(ws: Workspace, fill) -> tuple[str, np.ndarray, int]:
     """Save a label, then a second one while ``fill`` makes the disk full; returns (case, first label, history rows)."""
     case = ws.cases()[0].case_id
-    shape = vio.read_volume(ws.image_path(case)).shape
+    shape = volumes.read_volume(ws.image_path(case)).shape
     first = np.zeros(shape, np.uint8)
     first[2:6, 2:6, 2:6] = 1
     ws.save_label(case, first, user="before")

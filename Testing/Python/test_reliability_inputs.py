@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ASSFTLib import cli, scoring, training
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
 from ASSFTLib.errors import CheckpointError, LabelError, VolumeError, WorkspaceError
 from ASSFTLib.models import build_network, default_spec, save_checkpoint
 from ASSFTLib.workspace import Workspace
@@ -52,12 +52,12 @@ def messy_dataset(tiny_dataset, tmp_path_factory) -> Path:  # noqa: F811
     shutil.copytree(tiny_dataset, ds)
     images, labels = ds / "imagesTr", ds / "labelsTr"
     ref = sorted(images.iterdir())[0]
-    img = vio.read_volume(ref)
-    lab = vio.read_volume(labels / ref.name, kind="label")
+    img = volumes.read_volume(ref)
+    lab = volumes.read_volume(labels / ref.name, kind="label")
     a = img.affine
     good_bytes = ref.read_bytes()
     (images / "trunc case.nii.gz").write_bytes(good_bytes[: len(good_bytes) // 2])
-    vio.write_volume(images / "half.nrrd", img.array, a)
+    volumes.write_volume(images / "half.nrrd", img.array, a)
     nrrd = (images / "half.nrrd").read_bytes()
     (images / "half.nrrd").write_bytes(nrrd[: len(nrrd) // 2])
     nan = img.array.copy()
@@ -66,16 +66,16 @@ def messy_dataset(tiny_dataset, tmp_path_factory) -> Path:  # noqa: F811
     nib.save(nib.Nifti1Image(img.array[:, :, 0], a), str(images / "flat2d.nii.gz"))
     nib.save(nib.Nifti1Image(np.stack([img.array] * 2, -1), a), str(images / "four_d.nii.gz"))
     for case_id, suffix in ODD_NAMES.items():
-        vio.write_volume(images / f"{case_id}{suffix}", img.array, a)
-        vio.write_volume(labels / f"{case_id}{suffix}", lab.array, a)
+        volumes.write_volume(images / f"{case_id}{suffix}", img.array, a)
+        volumes.write_volume(labels / f"{case_id}{suffix}", lab.array, a)
     for case_id in (*BAD_LABELS, *POOL):
-        vio.write_volume(images / f"{case_id}.nii.gz", img.array, a)
-    vio.write_volume(labels / "shape_mm.nii.gz", lab.array[:-1], a)
-    vio.write_volume(labels / "spacing_mm.nii.gz", lab.array, a @ np.diag([1.5, 1.5, 1.5, 1.0]))
-    vio.write_volume(labels / "orient_mm.nii.gz", lab.array, a @ np.diag([-1.0, 1.0, 1.0, 1.0]))
+        volumes.write_volume(images / f"{case_id}.nii.gz", img.array, a)
+    volumes.write_volume(labels / "shape_mm.nii.gz", lab.array[:-1], a)
+    volumes.write_volume(labels / "spacing_mm.nii.gz", lab.array, a @ np.diag([1.5, 1.5, 1.5, 1.0]))
+    volumes.write_volume(labels / "orient_mm.nii.gz", lab.array, a @ np.diag([-1.0, 1.0, 1.0, 1.0]))
     foreign = lab.array.copy()
     foreign[0, 0, 0] = 7
-    vio.write_volume(labels / "values_bad.nii.gz", foreign, a)
+    volumes.write_volume(labels / "values_bad.nii.gz", foreign, a)
 
     meta = json.loads((ds / "dataset.json").read_text())
     for case_id in [*BAD_IMAGES, *ODD_NAMES, *BAD_LABELS]:
@@ -137,12 +137,12 @@ def test_init_on_an_empty_folder_fails_cleanly_and_creates_nothing(tmp_path, cap
 
 def test_plain_folder_duplicates_keep_one_case_each_and_say_so(tmp_path, tiny_dataset):  # noqa: F811
     src = sorted((tiny_dataset / "imagesTr").iterdir())[0]
-    vol = vio.read_volume(src)
+    vol = volumes.read_volume(src)
     folder = tmp_path / "plain"
-    vio.write_volume(folder / "a.nii.gz", vol.array, vol.affine)
-    vio.write_volume(folder / "a.nrrd", vol.array, vol.affine)
-    vio.write_volume(folder / "b_0000.nii.gz", vol.array, vol.affine)
-    vio.write_volume(folder / "b.nii.gz", vol.array, vol.affine)
+    volumes.write_volume(folder / "a.nii.gz", vol.array, vol.affine)
+    volumes.write_volume(folder / "a.nrrd", vol.array, vol.affine)
+    volumes.write_volume(folder / "b_0000.nii.gz", vol.array, vol.affine)
+    volumes.write_volume(folder / "b.nii.gz", vol.array, vol.affine)
     with Workspace.create(tmp_path / "ws", folder) as ws:
         assert sorted(c.case_id for c in ws.cases()) == ["a", "b"]
         dupes = [p for p in ws.import_problems if "duplicate case id" in p["message"]]
@@ -172,11 +172,11 @@ def test_scoring_scores_the_good_cases_and_records_each_bad_one(messy_ws):
 # ------------------------------------------------------------------------------------ save_label
 def test_save_label_on_odd_names_nan_images_and_escaping_ids(messy_ws):
     for case_id in ODD_NAMES:
-        truth = vio.read_volume(messy_ws.case(case_id).reference_label, kind="label").array
+        truth = volumes.read_volume(messy_ws.case(case_id).reference_label, kind="label").array
         path = messy_ws.save_label(case_id, truth, user="test")
         assert path.parent == messy_ws.folder / "labels" and path.name.startswith(case_id)
         assert np.array_equal(messy_ws.read_label(case_id), truth)
-    shape = vio.read_volume(messy_ws.image_path("patiënt ß")).shape
+    shape = volumes.read_volume(messy_ws.image_path("patiënt ß")).shape
     with pytest.raises(VolumeError, match="NaN") as err:
         messy_ws.save_label("nan_case", np.zeros(shape, np.uint8))
     assert str(messy_ws.image_path("nan_case")) in str(err.value)
@@ -208,7 +208,7 @@ def test_training_names_every_bad_label_before_any_step_then_trains_once_fixed(m
     assert messy_ws.integrity_check() == []
     # the fix the message asks for: save correct labels (on the image grid) through the workspace
     for case_id in BAD_LABELS:
-        shape = vio.read_volume(messy_ws.image_path(case_id)).shape
+        shape = volumes.read_volume(messy_ws.image_path(case_id)).shape
         messy_ws.save_label(case_id, np.zeros(shape, np.uint8), user="fixer")
     result = training.finetune_round(messy_ws)
     assert messy_ws.current_model().id == result["model_id"] != before

@@ -10,7 +10,7 @@ import torch
 
 from ASSFTLib import cli, inference, models, query, scoring, synthetic
 from ASSFTLib.errors import ASSFTError, JobCancelled
-from ASSFTLib.io import Volume
+from ASSFTLib.volumes import Volume
 from ASSFTLib.settings import Settings
 from ASSFTLib.workspace import Workspace
 
@@ -298,7 +298,7 @@ def test_predict_probs_pads_small_volumes_to_the_patch_like_training():
     from monai.inferers import sliding_window_inference
 
     from ASSFTLib import models, preprocess
-    from ASSFTLib.io import Volume
+    from ASSFTLib.volumes import Volume
     torch.manual_seed(0)
     spec = models.default_spec(["background", "a", "b"], patch_size=(32, 32, 32))
     net = models.build_network(spec).eval()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
+from ASSFTLib.dataset import load_dataset
 from ASSFTLib import synthetic
 from ASSFTLib.errors import ASSFTError
 
@@ -78,8 +79,8 @@ def test_each_profile_shifts_the_statistic_it_documents():
 
 
 def test_apply_shift_on_a_real_image(hippo_dir):
-    case = vio.load_dataset(hippo_dir)[0][0]
-    image = vio.read_volume(case.image).array
+    case = load_dataset(hippo_dir)[0][0]
+    image = volumes.read_volume(case.image).array
     rng = np.random.default_rng(0)
     np.testing.assert_array_equal(synthetic.apply_shift(image, "clean", rng), image)
     for name in ("gamma_noise", "bias_contrast", "thick_slices"):
@@ -100,23 +101,23 @@ def test_make_dataset_writes_a_readable_msd_folder(tmp_path):
                                     shape=(16, 20, 16))
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["numTraining"] == 5 and set(meta["profiles"]) == {"clean", "thick_slices"}
-    cases, problems = vio.load_dataset(folder)
+    cases, problems = load_dataset(folder)
     assert problems == [] and len(cases) == 5
     assert [c.profile for c in cases] == ["clean", "thick_slices", "clean", "thick_slices", "clean"]
     for i, case in enumerate(cases):
-        image, label = vio.read_volume(case.image), vio.read_volume(case.label, kind="label")
-        vio.check_same_geometry(image, label)
+        image, label = volumes.read_volume(case.image), volumes.read_volume(case.label, kind="label")
+        volumes.check_same_geometry(image, label)
         expected_image, expected_label, _ = synthetic.make_case((2, i), case.profile, (16, 20, 16))
         np.testing.assert_array_equal(image.array, expected_image)
         np.testing.assert_array_equal(label.array, expected_label)
     again = synthetic.make_dataset(tmp_path / "again", 5, profiles=("clean", "thick_slices"), seed=2,
                                    shape=(16, 20, 16))
-    np.testing.assert_array_equal(vio.read_volume(again / "imagesTr" / "synth_004.nii.gz").array,
-                                  vio.read_volume(folder / "imagesTr" / "synth_004.nii.gz").array)
+    np.testing.assert_array_equal(volumes.read_volume(again / "imagesTr" / "synth_004.nii.gz").array,
+                                  volumes.read_volume(folder / "imagesTr" / "synth_004.nii.gz").array)
 
 
 def test_make_dataset_without_labels(tmp_path):
     folder = synthetic.make_dataset(tmp_path / "u", 2, seed=0, with_labels=False, shape=(12, 12, 12))
-    cases, problems = vio.load_dataset(folder)
+    cases, problems = load_dataset(folder)
     assert problems == [] and [c.label for c in cases] == [None, None]
     assert not (folder / "labelsTr").exists()

@@ -9,7 +9,7 @@ import torch
 
 from ASSFTLib import scoring, synthetic, training
 from ASSFTLib.errors import JobCancelled, WorkspaceError
-from ASSFTLib.io import read_volume
+from ASSFTLib.volumes import read_volume
 from ASSFTLib.models import encoder_parameter_names, load_model
 from ASSFTLib.settings import Settings
 from ASSFTLib.workspace import Workspace
@@ -123,7 +123,7 @@ def test_second_round_uses_ssft_selection_and_respects_qa(workspace):
 def test_accepted_pseudo_label_is_promoted(workspace):
     case = workspace.unlabeled_ids()[0]
     ref = read_volume(workspace.case(case).reference_label, kind="label")
-    from ASSFTLib.io import write_volume
+    from ASSFTLib.volumes import write_volume
     write_volume(workspace.paths.pseudo_label(case), ref.array, ref.affine)
     workspace.set_qa(case, "accepted", user="test")
     result = training.finetune_round(workspace, tiny_settings())

@@ -1,8 +1,6 @@
-"""Reading, writing and checking volumes; finding datasets (real hippocampus files and broken copies)."""
+"""Reading, writing and checking volumes; volume file names (real hippocampus files and broken copies)."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -10,8 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ASSFTLib import io as vio
-from ASSFTLib.errors import ASSFTError, DatasetError, GeometryError, LabelError, VolumeError
+from ASSFTLib import volumes
+from ASSFTLib.dataset import load_dataset
+from ASSFTLib.errors import GeometryError, LabelError, VolumeError
 
 
 def _oblique_affine() -> np.ndarray:
@@ -36,36 +35,36 @@ def _stored_dtype(path: Path) -> np.dtype:
 # ----------------------------------------------------------------------------
 # real files
 def test_hippocampus_mixed_dtypes_read_as_float32_images_and_integer_labels(hippo_dir):
-    images = vio.find_volume_files(hippo_dir / "imagesTr")
+    images = volumes.find_volume_files(hippo_dir / "imagesTr")
     by_dtype = {}
     for path in images:
         by_dtype.setdefault(_stored_dtype(path), path)
     assert len(by_dtype) >= 2, f"expected mixed stored dtypes, found {sorted(map(str, by_dtype))}"
     for stored, path in by_dtype.items():
-        vol = vio.read_volume(path)
+        vol = volumes.read_volume(path)
         assert vol.array.dtype == np.float32, stored
         raw = np.asanyarray(nib.load(str(path)).dataobj)
         np.testing.assert_array_equal(vol.array, raw.astype(np.float32))
-    float_labels = [p for p in vio.find_volume_files(hippo_dir / "labelsTr") if _stored_dtype(p).kind == "f"]
+    float_labels = [p for p in volumes.find_volume_files(hippo_dir / "labelsTr") if _stored_dtype(p).kind == "f"]
     assert float_labels, "the data set has float-stored labels; this test checks they become integers"
-    for path in float_labels[:2] + vio.find_volume_files(hippo_dir / "labelsTr")[:2]:
-        lab = vio.read_volume(path, kind="label")
+    for path in float_labels[:2] + volumes.find_volume_files(hippo_dir / "labelsTr")[:2]:
+        lab = volumes.read_volume(path, kind="label")
         assert lab.array.dtype == np.uint8
         assert set(np.unique(lab.array)) <= {0, 1, 2}
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
 def test_hippocampus_label_round_trip_keeps_geometry_and_values(hippo_dir, tmp_path, suffix):
-    case = vio.load_dataset(hippo_dir)[0][1]
-    image = vio.read_volume(case.image)
-    label = vio.read_volume(case.label, kind="label")
-    vio.check_same_geometry(image, label, "image and label")
-    out = vio.write_volume(tmp_path / f"lab el é{suffix}", label.array, image.affine)
-    back = vio.read_volume(out, kind="label")
+    case = load_dataset(hippo_dir)[0][1]
+    image = volumes.read_volume(case.image)
+    label = volumes.read_volume(case.label, kind="label")
+    volumes.check_same_geometry(image, label, "image and label")
+    out = volumes.write_volume(tmp_path / f"lab el é{suffix}", label.array, image.affine)
+    back = volumes.read_volume(out, kind="label")
     np.testing.assert_array_equal(back.array, label.array)
     assert back.array.dtype == np.uint8
     np.testing.assert_allclose(back.affine, image.affine, rtol=0, atol=1e-12)
-    vio.check_same_geometry(image, back, "image and written label")
+    volumes.check_same_geometry(image, back, "image and written label")
     assert [p.name for p in tmp_path.iterdir()] == [out.name], "no temporary file may remain"
 
 
@@ -74,7 +73,7 @@ def test_write_read_oblique_geometry_exactly(tmp_path, suffix):
     rng = np.random.default_rng(0)
     array = rng.normal(size=(5, 6, 7)).astype(np.float32)
     affine = _oblique_affine()
-    back = vio.read_volume(vio.write_volume(tmp_path / f"x{suffix}", array, affine))
+    back = volumes.read_volume(volumes.write_volume(tmp_path / f"x{suffix}", array, affine))
     np.testing.assert_array_equal(back.array, array)
     np.testing.assert_allclose(back.affine, affine, rtol=0, atol=1e-12)
     np.testing.assert_allclose(back.spacing, [0.8, 0.9, 2.5], rtol=1e-6)
@@ -85,16 +84,16 @@ def test_nrrd_and_nifti_of_one_volume_give_the_same_affine(tmp_path):
     array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     nifti = _save_nifti(tmp_path / "v.nii.gz", array, _oblique_affine())
     sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / "v.nrrd"))
-    a = vio.read_volume(nifti)
-    b = vio.read_volume(tmp_path / "v.nrrd")
+    a = volumes.read_volume(nifti)
+    b = volumes.read_volume(tmp_path / "v.nrrd")
     np.testing.assert_array_equal(a.array, b.array)
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
-    vio.check_same_geometry(a, b)
+    volumes.check_same_geometry(a, b)
 
 
 def test_written_nrrd_has_lps_geometry_for_itk(tmp_path):
     affine = _oblique_affine()
-    img = sitk.ReadImage(str(vio.write_volume(tmp_path / "v.nrrd", np.zeros((3, 4, 5), np.uint8), affine)))
+    img = sitk.ReadImage(str(volumes.write_volume(tmp_path / "v.nrrd", np.zeros((3, 4, 5), np.uint8), affine)))
     assert img.GetSize() == (3, 4, 5)
     np.testing.assert_allclose(img.GetOrigin(), [-10.5, 20.25, 33.0])
     # The RAS direction with x and y flipped is ITK's LPS direction.
@@ -106,12 +105,12 @@ def test_written_nrrd_has_lps_geometry_for_itk(tmp_path):
 # broken files
 @pytest.mark.parametrize("fraction", [0.02, 0.5, 0.98])
 def test_truncated_nii_gz_names_the_file(hippo_dir, tmp_path, fraction):
-    source = vio.find_volume_files(hippo_dir / "imagesTr")[0]
+    source = volumes.find_volume_files(hippo_dir / "imagesTr")[0]
     data = source.read_bytes()
     broken = tmp_path / "broken case.nii.gz"
     broken.write_bytes(data[: int(len(data) * fraction)])
     with pytest.raises(VolumeError) as err:
-        vio.read_volume(broken)
+        volumes.read_volume(broken)
     assert "broken case.nii.gz" in str(err.value) and "truncated or corrupt" in str(err.value)
     assert err.value.hint
 
@@ -122,18 +121,18 @@ def test_truncated_uncompressed_nii_and_garbage_nrrd(tmp_path):
     (tmp_path / "junk.nrrd").write_bytes(b"not a volume at all" * 10)
     for name in ("cut.nii", "junk.nrrd"):
         with pytest.raises(VolumeError, match=name):
-            vio.read_volume(tmp_path / name)
+            volumes.read_volume(tmp_path / name)
 
 
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(VolumeError, match="not found") as err:
-        vio.read_volume(tmp_path / "absent.nii.gz")
+        volumes.read_volume(tmp_path / "absent.nii.gz")
     assert "absent.nii.gz" in str(err.value)
     (tmp_path / "photo.png").write_bytes(b"\x89PNG")
     with pytest.raises(VolumeError, match="unsupported file type '.png'"):
-        vio.read_volume(tmp_path / "photo.png")
+        volumes.read_volume(tmp_path / "photo.png")
     with pytest.raises(VolumeError, match="cannot write"):
-        vio.write_volume(tmp_path / "x.nhdr", np.zeros((2, 2, 2)), np.eye(4))
+        volumes.write_volume(tmp_path / "x.nhdr", np.zeros((2, 2, 2)), np.eye(4))
 
 
 def test_nan_and_inf_voxels_are_counted(tmp_path):
@@ -142,48 +141,48 @@ def test_nan_and_inf_voxels_are_counted(tmp_path):
     array[1, 2, 3] = np.inf
     path = _save_nifti(tmp_path / "nan.nii.gz", array)
     with pytest.raises(VolumeError, match="2 of 64 voxels are NaN or infinite") as err:
-        vio.read_volume(path)
+        volumes.read_volume(path)
     assert "nan.nii.gz" in str(err.value) and "replace" in err.value.hint
     with pytest.raises(VolumeError, match="non-integer"):
-        vio.read_volume(path, kind="label")
+        volumes.read_volume(path, kind="label")
 
 
 def test_4d_is_refused_but_a_trailing_singleton_is_squeezed(tmp_path):
     with pytest.raises(VolumeError, match=r"4D \(shape \(4, 5, 6, 3\)\)"):
-        vio.read_volume(_save_nifti(tmp_path / "t.nii.gz", np.zeros((4, 5, 6, 3), np.float32)))
+        volumes.read_volume(_save_nifti(tmp_path / "t.nii.gz", np.zeros((4, 5, 6, 3), np.float32)))
     vector = sitk.GetImageFromArray(np.zeros((6, 5, 4, 3), np.float32), isVector=True)  # ITK (Z, Y, X) x 3
     sitk.WriteImage(vector, str(tmp_path / "vector.nrrd"))
     with pytest.raises(VolumeError, match=r"4D \(shape \(4, 5, 6, 3\)\)"):
-        vio.read_volume(tmp_path / "vector.nrrd")
-    vol = vio.read_volume(_save_nifti(tmp_path / "s.nii.gz", np.ones((4, 5, 6, 1), np.float32), _oblique_affine()))
+        volumes.read_volume(tmp_path / "vector.nrrd")
+    vol = volumes.read_volume(_save_nifti(tmp_path / "s.nii.gz", np.ones((4, 5, 6, 1), np.float32), _oblique_affine()))
     assert vol.shape == (4, 5, 6)
     np.testing.assert_allclose(vol.affine, _oblique_affine())
 
 
 def test_2d_and_empty_volumes_are_refused(tmp_path):
     with pytest.raises(VolumeError, match="is 2D"):
-        vio.read_volume(_save_nifti(tmp_path / "slice.nii.gz", np.zeros((8, 9), np.float32)))
+        volumes.read_volume(_save_nifti(tmp_path / "slice.nii.gz", np.zeros((8, 9), np.float32)))
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 9), np.uint8)), str(tmp_path / "slice.nrrd"))
     with pytest.raises(VolumeError, match="is 2D"):
-        vio.read_volume(tmp_path / "slice.nrrd")
+        volumes.read_volume(tmp_path / "slice.nrrd")
     with pytest.raises(VolumeError, match="no voxels"):
-        vio.read_volume(_save_nifti(tmp_path / "empty.nii.gz", np.zeros((0, 4, 4), np.float32)))
+        volumes.read_volume(_save_nifti(tmp_path / "empty.nii.gz", np.zeros((0, 4, 4), np.float32)))
 
 
 def test_image_as_label_is_refused(tmp_path):
     path = _save_nifti(tmp_path / "img.nii.gz", np.linspace(0, 3, 64, dtype=np.float32).reshape(4, 4, 4))
     with pytest.raises(VolumeError, match="not a label map"):
-        vio.read_volume(path, kind="label")
+        volumes.read_volume(path, kind="label")
 
 
 # ----------------------------------------------------------------------------
 # checks
 def test_check_label_values_lists_offending_values():
     good = np.array([0, 1, 2, 2], np.uint8).reshape(1, 2, 2)
-    vio.check_label_values(good, 3, "ok.nii.gz")
+    volumes.check_label_values(good, 3, "ok.nii.gz")
     bad = np.array([0, 1, 5, 5, -1, 2], np.int16).reshape(1, 2, 3)
     with pytest.raises(LabelError) as err:
-        vio.check_label_values(bad, 3, "bad.nii.gz")
+        volumes.check_label_values(bad, 3, "bad.nii.gz")
     text = str(err.value)
     assert "bad.nii.gz" in text and "5 (2 voxels)" in text and "-1 (1 voxels)" in text
     assert "0 (" not in text and "2 (" not in text
@@ -191,7 +190,7 @@ def test_check_label_values_lists_offending_values():
 
 @pytest.mark.parametrize("attribute", ["shape", "spacing", "origin", "direction"])
 def test_check_same_geometry_names_what_differs(attribute):
-    base = vio.Volume(np.zeros((4, 5, 6), np.float32), _oblique_affine(), Path("image.nii.gz"))
+    base = volumes.Volume(np.zeros((4, 5, 6), np.float32), _oblique_affine(), Path("image.nii.gz"))
     array, affine = base.array, base.affine.copy()
     if attribute == "shape":
         array = np.zeros((4, 5, 7), np.float32)
@@ -202,9 +201,9 @@ def test_check_same_geometry_names_what_differs(attribute):
     else:
         c, s = np.cos(0.05), np.sin(0.05)  # a small extra rotation: same spacing and origin
         affine[:3, :3] = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ affine[:3, :3]
-    other = vio.Volume(array, affine, Path("label.nii.gz"))
+    other = volumes.Volume(array, affine, Path("label.nii.gz"))
     with pytest.raises(GeometryError) as err:
-        vio.check_same_geometry(base, other, "image and label")
+        volumes.check_same_geometry(base, other, "image and label")
     text = str(err.value)
     assert f"{attribute} " in text and "label.nii.gz" in text
     named = [a for a in ("shape", "spacing", "origin", "direction") if f"{a} " in text.split(":", 1)[1]]
@@ -212,137 +211,32 @@ def test_check_same_geometry_names_what_differs(attribute):
 
 
 def test_check_same_geometry_tolerates_float32_rounding():
-    a = vio.Volume(np.zeros((3, 3, 3)), _oblique_affine())
-    b = vio.Volume(np.zeros((3, 3, 3)), _oblique_affine() * (1 + 1e-7))
-    vio.check_same_geometry(a, b)
+    a = volumes.Volume(np.zeros((3, 3, 3)), _oblique_affine())
+    b = volumes.Volume(np.zeros((3, 3, 3)), _oblique_affine() * (1 + 1e-7))
+    volumes.check_same_geometry(a, b)
 
 
 def test_volume_properties():
-    vol = vio.Volume(np.zeros((2, 3, 4)), _oblique_affine())
+    vol = volumes.Volume(np.zeros((2, 3, 4)), _oblique_affine())
     np.testing.assert_allclose(vol.spacing, [0.8, 0.9, 2.5], rtol=1e-6)
     np.testing.assert_allclose(vol.origin, [10.5, -20.25, 33.0])
     np.testing.assert_allclose(vol.direction.T @ vol.direction, np.eye(3), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------
-# names and datasets
+# names
 @pytest.mark.parametrize("name, case_id", [
     ("hippocampus_001.nii.gz", "hippocampus_001"), ("liver_7_0000.nii.gz", "liver_7"),
     ("a.b.NII.GZ", "a.b"), ("scan 1 é.nrrd", "scan 1 é"), ("x.nhdr", "x"), ("y.nii", "y"),
     ("case_0001.nii.gz", "case_0001"),
 ])
 def test_case_id_from_path(name, case_id):
-    assert vio.case_id_from_path(Path("/some/dir") / name) == case_id
+    assert volumes.case_id_from_path(Path("/some/dir") / name) == case_id
 
 
 def test_find_volume_files_skips_hidden_and_other_files(tmp_path):
     for name in ("b.nii.gz", "a.nrrd", ".a.nii.gz.tmp.nii.gz", "notes.txt", "c.mha"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "d.nii.gz").mkdir()
-    assert [p.name for p in vio.find_volume_files(tmp_path)] == ["a.nrrd", "b.nii.gz"]
-    assert vio.find_volume_files(tmp_path / "absent") == []
-
-
-def test_load_dataset_real_folder(hippo_dir):
-    cases, problems = vio.load_dataset(hippo_dir)
-    listed = json.loads((hippo_dir / "dataset.json").read_text())["training"]
-    assert problems == []
-    assert len(cases) == len(listed) == 220
-    assert len({c.case_id for c in cases}) == len(cases)
-    assert all(c.label is not None and c.label.is_file() and c.image.is_file() for c in cases)
-    assert all(c.label.parent.name == "labelsTr" and c.label.name == c.image.name for c in cases)
-
-
-def _tiny(path: Path, value: int = 1) -> Path:
-    return vio.write_volume(path, np.full((3, 4, 5), value, np.uint8), np.eye(4))
-
-
-def _msd(folder: Path, names: list[str]) -> Path:
-    for name in names:
-        _tiny(folder / "imagesTr" / name)
-        _tiny(folder / "labelsTr" / name)
-    return folder
-
-
-def test_load_dataset_reports_lies_duplicates_escapes_and_keeps_odd_names(tmp_path):
-    folder = _msd(tmp_path / "Task Ω", ["good 1.nii.gz", "é病例_2.nii.gz", "dup.nii.gz", "dup.nrrd"])
-    _tiny(tmp_path / "outside.nii.gz")
-    (folder / "labelsTr" / "é病例_2.nii.gz").unlink()
-    training = [
-        {"image": "./imagesTr/good 1.nii.gz", "label": "./labelsTr/good 1.nii.gz", "profile": "clean"},
-        {"image": "./imagesTr/é病例_2.nii.gz", "label": "./labelsTr/é病例_2.nii.gz"},
-        {"image": "./imagesTr/gone.nii.gz", "label": "./labelsTr/gone.nii.gz"},
-        {"image": "./imagesTr/dup.nii.gz", "label": "./labelsTr/dup.nii.gz"},
-        {"image": "./imagesTr/dup.nrrd", "label": "./labelsTr/dup.nrrd"},
-        {"image": "../outside.nii.gz"},
-        {"label": "./labelsTr/good 1.nii.gz"},
-    ]
-    (folder / "dataset.json").write_text(json.dumps({"training": training, "test": ["./imagesTr/dup.nrrd"]},
-                                                    ensure_ascii=False), encoding="utf-8")
-    cases, problems = vio.load_dataset(folder)
-    assert [c.case_id for c in cases] == ["good 1", "é病例_2", "dup"]
-    assert cases[0].label == folder / "labelsTr" / "good 1.nii.gz" and cases[0].profile == "clean"
-    assert cases[1].label is None and cases[1].profile is None
-    assert cases[2].image.name == "dup.nii.gz"
-    messages = [str(p) for p in problems]
-    assert len(messages) == 6, messages
-    assert any("é病例_2.nii.gz" in m and "kept without a label" in m for m in messages)
-    assert any("gone.nii.gz" in m and "missing" in m for m in messages)
-    assert sum("duplicate case id 'dup'" in m for m in messages) == 2  # training .nrrd and the test entry
-    assert any("'../outside.nii.gz' leaves the dataset folder" in m for m in messages)
-    assert any('no "image"' in m for m in messages)
-    # every case found can really be read
-    for case in cases:
-        vio.read_volume(case.image)
-
-
-def test_load_dataset_unreadable_json_falls_back_to_scanning(tmp_path):
-    folder = _msd(tmp_path / "ds", ["a.nii.gz", "b_0000.nii.gz"])
-    vio.write_volume(folder / "labelsTr" / "b.nii.gz", np.zeros((3, 4, 5), np.uint8), np.eye(4))
-    (folder / "labelsTr" / "b_0000.nii.gz").unlink()
-    _tiny(folder / "labelsTr" / "orphan.nii.gz")
-    _tiny(folder / "imagesTs" / "t.nii.gz")
-    (folder / "dataset.json").write_text('{"training": [ broken')
-    cases, problems = vio.load_dataset(folder)
-    assert [(c.case_id, c.label.name if c.label else None) for c in cases] == [
-        ("a", "a.nii.gz"), ("b", "b.nii.gz"), ("t", None)]
-    assert len(problems) == 2
-    assert problems[0].path == folder / "dataset.json" and "scanned imagesTr" in problems[0].message
-    assert problems[1].path.name == "orphan.nii.gz"
-
-
-def test_load_dataset_plain_folder_with_and_without_labels(tmp_path):
-    for name in ("p 1.nii.gz", "p2.nrrd"):
-        _tiny(tmp_path / "plain" / name)
-    _tiny(tmp_path / "plain" / "labelsTr" / "p2.nii.gz")
-    cases, problems = vio.load_dataset(tmp_path / "plain")
-    assert problems == []
-    assert [(c.case_id, c.label.name if c.label else None) for c in cases] == [("p 1", None), ("p2", "p2.nii.gz")]
-
-
-def test_load_dataset_raises_only_without_any_volume(tmp_path):
-    with pytest.raises(DatasetError, match="not found"):
-        vio.load_dataset(tmp_path / "nowhere")
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.txt").write_text("no volumes")
-    with pytest.raises(DatasetError, match="no usable volumes"):
-        vio.load_dataset(tmp_path / "empty")
-    (tmp_path / "liar").mkdir()
-    (tmp_path / "liar" / "dataset.json").write_text(json.dumps({"training": [{"image": "./imagesTr/x.nii.gz"}]}))
-    with pytest.raises(DatasetError, match="missing") as err:
-        vio.load_dataset(tmp_path / "liar")
-    assert isinstance(err.value, ASSFTError)
-
-
-def test_load_dataset_on_a_corrupted_copy_of_the_real_folder(hippo_dir, tmp_path):
-    folder = tmp_path / "Hippo copy"
-    shutil.copytree(hippo_dir, folder)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    victims = vio.find_volume_files(folder / "imagesTr")[:3]
-    victims[0].unlink()
-    victims[1].rename(victims[1].with_name("renamed é.nii.gz"))
-    cases, problems = vio.load_dataset(folder)
-    assert len(cases) == 218 and len(problems) == 2
-    assert {p.path.name for p in problems} == {victims[0].name, victims[1].name}
-    assert victims[2] in {c.image for c in cases}
+    assert [p.name for p in volumes.find_volume_files(tmp_path)] == ["a.nrrd", "b.nii.gz"]
+    assert volumes.find_volume_files(tmp_path / "absent") == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ASSFTLib import io as vio
+from ASSFTLib import volumes
 from ASSFTLib.errors import LabelError, WorkspaceError
 from ASSFTLib.settings import Settings
 from ASSFTLib.workspace import Workspace
@@ -37,11 +37,11 @@ def test_import_labels_marks_cases_labeled(synthetic_dataset, tmp_path):
 def test_label_save_restore_keeps_geometry_and_history(hippo_dir, tmp_path):
     ws = Workspace.create(tmp_path / "ws", dataset=hippo_dir, import_labels=False)
     case = ws.cases()[3]
-    image = vio.read_volume(case.image_path)
-    truth = vio.read_volume(case.reference_label, kind="label").array
+    image = volumes.read_volume(case.image_path)
+    truth = volumes.read_volume(case.reference_label, kind="label").array
     path = ws.save_label(case.case_id, truth, affine=image.affine, user="dr_a")
     assert path.parent == ws.folder / "labels"
-    saved = vio.read_volume(path, kind="label")
+    saved = volumes.read_volume(path, kind="label")
     np.testing.assert_array_equal(saved.array, truth)
     np.testing.assert_allclose(saved.affine, image.affine, atol=1e-5)
     assert ws.case(case.case_id).labeled_by == "dr_a"
@@ -51,7 +51,7 @@ def test_label_save_restore_keeps_geometry_and_history(hippo_dir, tmp_path):
     ws.save_label(case.case_id, corrected, user="dr_b")
     history = list((ws.folder / "labels" / ".history").iterdir())
     assert len(history) == 1
-    np.testing.assert_array_equal(vio.read_volume(history[0], kind="label").array, truth)
+    np.testing.assert_array_equal(volumes.read_volume(history[0], kind="label").array, truth)
     np.testing.assert_array_equal(ws.read_label(case.case_id), corrected)
     assert [h["saved_by"] for h in ws.label_history(case.case_id)] == ["dr_a", "dr_b"]
 
@@ -59,7 +59,7 @@ def test_label_save_restore_keeps_geometry_and_history(hippo_dir, tmp_path):
 def test_bad_labels_are_refused_and_nothing_is_lost(synthetic_dataset, tmp_path):
     ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset, import_labels=False)
     cid = ws.unlabeled_ids()[0]
-    image = vio.read_volume(ws.image_path(cid))
+    image = volumes.read_volume(ws.image_path(cid))
     good = np.zeros(image.array.shape, np.uint8)
     good[2:5, 2:5, 2:5] = 1
     ws.save_label(cid, good)
@@ -120,7 +120,7 @@ def test_create_refuses_nonempty_folder_and_open_refuses_non_workspace(synthetic
 _WRITER = textwrap.dedent("""
     import sys, numpy as np
     from ASSFTLib.workspace import Workspace
-    from ASSFTLib import io as vio
+    from ASSFTLib import volumes
     folder, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     ws = Workspace.open(folder)
     ids = ws.cases()
@@ -128,7 +128,7 @@ _WRITER = textwrap.dedent("""
         ws.put_scores("ck", "h", {f"{who}-{i}": {"i": i}})
         case = ids[i % len(ids)]
         if who == "w0":
-            shape = vio.read_volume(case.image_path).array.shape
+            shape = volumes.read_volume(case.image_path).array.shape
             ws.save_label(case.case_id, np.full(shape, i % 2, np.uint8), user=who)
         ws.set_qa(case.case_id, "accepted" if i % 2 else "rejected", user=who)
     print("done")

@@ -403,7 +403,3 @@ def coreset_select(z, labeled_z, budget: int) -> Selection:
         return Selection(order=order, picked=order[:min(budget, n)], components={"div_at_pick": div})
     sel = greedy_diversified(np.ones(n), z, labeled_z, budget)
     return Selection(order=sel.order, picked=sel.picked, components={"div_at_pick": sel.components["div_at_pick"]})
-
-
-#: Strategy names (Settings.strategy) that need each cached quantity.
-STRATEGIES = ("atsq", "random", "entropy", "bald", "coreset", "dkd", "asd")

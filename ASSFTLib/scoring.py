@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import query
+from . import query, strategies
 from .errors import ASSFTError, JobCancelled, WorkspaceError
 from .fileutil import atomic_write_text
 from .settings import Settings
@@ -283,37 +283,31 @@ def _column(records: list[dict], name: str) -> np.ndarray | None:
 
 def select(strategy: str, records: list[dict], labeled_z: np.ndarray, budget: int, settings: Settings,
            mode: str | None) -> query.Selection:
-    """Run ``strategy`` on the pool's cached ``records`` (one dict per case) with L's embeddings ``(m, D)``."""
+    """Run the registered ``strategy`` on the pool's cached ``records`` (one dict per case), L's embeddings ``(m, D)``.
+
+    The measurements the strategy reads become the columns of a :class:`strategies.Pool`; a
+    required one that some case lacks is an :class:`ASSFTError` naming it.
+    """
+    entry = strategies.get(strategy)
     n = len(records)
     dim = labeled_z.shape[1] if labeled_z.ndim == 2 else 0
     zt = np.asarray([r["zt"] for r in records], dtype=np.float64).reshape(n, -1) if n else np.zeros((0, dim))
-    K = np.asarray([r["K"][mode] for r in records], np.float64) if mode and n else None
-    asd, entropy, bald = _column(records, "asd"), _column(records, "entropy"), _column(records, "bald")
+    scores = {}
+    for name in entry.reads:
+        if name == "K":
+            values = np.asarray([r["K"][mode] for r in records], np.float64) if mode and n else None
+        else:
+            values = _column(records, name)
+        if values is None and name in entry.needs:
+            if n:
+                what, hint = strategies.MEASUREMENTS[name]
+                raise ASSFTError(f"strategy {strategy!r} needs {what}, which the cached scores lack", hint=hint)
+            values = np.zeros(0)
+        scores[name] = values
     head = n > 0 and all(r.get("has_task_head") for r in records)
-
-    def need(values, what: str, hint: str):
-        if values is None and n:
-            raise ASSFTError(f"strategy {strategy!r} needs {what}, which the cached scores lack", hint=hint)
-        return values if values is not None else np.zeros(0)
-
-    if strategy == "atsq":
-        return query.atsq_select(K, asd, zt, labeled_z, budget, settings.query_weight, settings.diversity_gamma,
-                                 has_task_head=head)
-    if strategy == "dkd":
-        K = need(K, "a knowledge divergence", "the model has no running statistics or pretext head; "
-                 "use 'drift' from the second round on, or another strategy")
-        return query.dkd_select(K, zt, labeled_z, budget, settings.diversity_gamma)
-    if strategy == "asd":
-        return query.asd_select(need(asd, "ASD", "fine-tune a task head first (cold start)"), budget)
-    if strategy == "entropy":
-        return query.entropy_select(need(entropy, "entropy", "fine-tune a task head first (cold start)"), budget)
-    if strategy == "bald":
-        return query.bald_select(need(bald, "MC-dropout BALD", "set mc_dropout_samples > 0 and score again"), budget)
-    if strategy == "coreset":
-        return query.coreset_select(zt, labeled_z, budget)
-    if strategy == "random":
-        return query.random_select(n, budget, settings.seed)
-    raise ASSFTError(f"unknown strategy {strategy!r}", hint=f"choose one of {', '.join(query.STRATEGIES)}")
+    pool = strategies.Pool(zt, labeled_z, scores, has_task_head=head)
+    params = strategies.QueryParams(budget, settings.query_weight, settings.diversity_gamma, settings.seed)
+    return entry.select(pool, params)
 
 
 def _num(value) -> float | None:
@@ -340,7 +334,7 @@ def rank_cases(workspace, settings: Settings | None = None, strategy: str | None
     available = set.intersection(*(set(r["K"]) for r in records)) if records else set()
     mode = resolve_divergence_mode(settings.divergence_mode, available)
     notes = []
-    if records and mode is None and strategy in ("atsq", "dkd"):
+    if records and mode is None and "K" in strategies.get(strategy).reads:
         notes.append(f"no knowledge divergence ({settings.divergence_mode}) in the cached scores: "
                      "ranking without K")
     labeled_z = np.asarray([ok[cid]["zt"] for cid in labeled], dtype=np.float64)

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import strategies
 from ..fileutil import atomic_path
 
-#: One colour per strategy, stable across figures; the method drawn thickest.
-COLORS = {"random": "#7f7f7f", "entropy": "#bcbd22", "bald": "#8c564b", "coreset": "#17becf", "dkd": "#9467bd",
-          "asd": "#e377c2", "atsq": "#1f77b4", "random+ssft": "#ff7f0e", "assft": "#d62728"}
+
+def colors() -> dict:
+    """One colour per benchmark arm (from the strategy registry), stable across figures."""
+    out = {s.name: s.color for s in strategies.REGISTRY.values()}
+    out.update({s.ssft_arm: s.ssft_color for s in strategies.REGISTRY.values() if s.ssft_arm})
+    return out
 
 
 def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> Path:
@@ -23,15 +27,16 @@ def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> P
     import matplotlib.pyplot as plt
 
     settings = list(summary)
+    palette = colors()
     fig, axes = plt.subplots(1, max(1, len(settings)), figsize=(6.2 * max(1, len(settings)), 4.6), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         entry = summary[setting]
         for name, s in entry["strategies"].items():
             x, m, sd = np.array(s["labels"]), np.array(s["dice_mean"]), np.array(s["dice_sd"])
             wide = name in ("assft", "atsq")
-            ax.plot(x, m, marker="o", ms=3.5, lw=2.4 if wide else 1.3, color=COLORS.get(name),
+            ax.plot(x, m, marker="o", ms=3.5, lw=2.4 if wide else 1.3, color=palette.get(name),
                     label=f"{name} (n={s['n_seeds']})", zorder=3 if wide else 2)
-            ax.fill_between(x, m - sd, m + sd, color=COLORS.get(name), alpha=0.12, lw=0)
+            ax.fill_between(x, m - sd, m + sd, color=palette.get(name), alpha=0.12, lw=0)
         ub = entry["upper_bound"]
         if ub["mean"] is not None:
             ax.axhline(ub["mean"], color="k", ls="--", lw=1,

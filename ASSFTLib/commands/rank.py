@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..query import STRATEGIES
+from .. import strategies
 
 
 def add_parser(sub) -> None:
@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
                                    "current model (run `assft score` first). The picked batch comes first, in pick "
                                    "order, then the rest; each row shows K, ASD, diversity and q.")
     p.add_argument("workspace")
-    p.add_argument("--strategy", choices=STRATEGIES, help="query strategy (default: the workspace setting)")
+    p.add_argument("--strategy", choices=strategies.names(),
+                   help=f"query strategy (default: the workspace setting). {strategies.help_text()}")
     p.add_argument("--budget", type=int, help="volumes to pick (default: the workspace setting)")
     p.add_argument("--csv", metavar="OUT.csv", help="also write the table as CSV")
     p.add_argument("--json", metavar="OUT.json", help="also write the table as JSON")

@@ -30,6 +30,7 @@ from monai.inferers import sliding_window_inference
 
 from . import models, preprocess, query
 from .errors import ASSFTError
+from .pretext import block_mask, reconstruction_error
 from .settings import Settings
 
 
@@ -271,14 +272,13 @@ def embed(model: "models.LoadedModel", volume, settings: Settings, with_norm_sta
 def pretext_divergence(foundation: "models.LoadedModel", volume, settings: Settings) -> float:
     """K_pretext(x): masked-volume reconstruction error of the foundation's pretext network.
 
-    The same masking as pre-training (``training.block_mask``: cubes of
-    ``training.MASK_BLOCK`` voxels hidden with probability ``MASK_RATIO``,
-    seeded by ``settings.seed`` so every volume and model sees a fixed mask);
-    the masked image is reconstructed with sliding windows and the mean squared
-    error over the hidden voxels is returned: what the foundation model cannot
-    fill in is knowledge it lacks.
+    The same masking as pre-training (``pretext.block_mask``: cubes of
+    ``settings.pretext_mask_block`` voxels hidden with probability
+    ``settings.pretext_mask_ratio``, seeded by ``settings.seed`` so every volume
+    and model sees a fixed mask); the masked image is reconstructed with sliding
+    windows and the mean squared error over the hidden voxels is returned: what
+    the foundation model cannot fill in is knowledge it lacks.
     """
-    from .training import block_mask
     pretext = foundation.pretext
     if pretext is None:
         raise ASSFTError("the foundation checkpoint carries no pretext head", path=foundation.path,
@@ -286,12 +286,12 @@ def pretext_divergence(foundation: "models.LoadedModel", volume, settings: Setti
     device = _device(pretext.network)
     image, _ = preprocess.prepare_image(volume, pretext.spec.preprocessing)
     image = image.to(device=device, dtype=torch.float32)
-    mask = block_mask(image.shape, torch.Generator().manual_seed(settings.seed)).to(device)
+    mask = block_mask(image.shape, torch.Generator().manual_seed(settings.seed), settings.pretext_mask_block,
+                      settings.pretext_mask_ratio).to(device)
     pretext.network.eval()
     with torch.inference_mode(), _autocast(device, settings):
         recon = sliding_window_inference(image * (1.0 - mask), window_size(pretext.spec, image.shape[2:]),
                                          settings.sw_batch_size,
                                          lambda x: pretext.network(x).float(), overlap=settings.sw_overlap,
                                          mode="gaussian")
-    err = ((recon[:, :1].float() - image) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
-    return float(err)
+    return float(reconstruction_error(recon[:, :1].float(), image, mask))

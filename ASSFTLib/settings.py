@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import strategies
 from .errors import ASSFTError
 
 #: Fields that change what a scoring pass computes; their hash keys the score cache.
 SCORING_FIELDS = (
     "divergence_mode", "tta_flips", "fg_threshold", "roi_dilation", "roi_min_fraction",
     "roi_fallback_fraction", "mc_dropout_samples", "sw_overlap", "sw_batch_size",
+    # K_pretext hides seeded cubes; BALD's dropout masks are seeded too
+    "seed", "pretext_mask_block", "pretext_mask_ratio",
 )
 
 
@@ -36,7 +37,7 @@ class Settings:
     query_weight: float = 0.5               # w
     diversity_gamma: float = 1.0            # gamma
     mc_dropout_samples: int = 0             # BALD samples; 0 = only when the strategy asks
-    strategy: str = "atsq"                  # a name in strategies.REGISTRY
+    strategy: str = "atsq"                  # atsq | random | entropy | bald | coreset | dkd | asd
     budget: int = 2                         # b volumes per round
 
     # --- SSFT (SPEC.md: SSFT) ---
@@ -59,6 +60,10 @@ class Settings:
     amp: bool = True                        # automatic mixed precision on CUDA only
     kfold_min_labels: int = 5               # quality signal: k-fold over L once |L| >= this
     seed: int = 0
+
+    # --- masked-volume reconstruction (pretraining and K_pretext; ASSFTLib.pretext) ---
+    pretext_mask_block: int = 8             # hidden cubes of this many voxels per side
+    pretext_mask_ratio: float = 0.5         # each cube hidden with this probability
 
     # --- inference ---
     sw_overlap: float = 0.25
@@ -83,8 +88,8 @@ class Settings:
 
         check(self.divergence_mode in ("auto", "bnstats", "pretext", "drift"),
               f"divergence_mode={self.divergence_mode!r} (auto, bnstats, pretext or drift)")
-        check(self.strategy in strategies.names(),
-              f"strategy={self.strategy!r} (one of {', '.join(strategies.names())})")
+        check(self.strategy in ("atsq", "random", "entropy", "bald", "coreset", "dkd", "asd"),
+              f"strategy={self.strategy!r}")
         check(self.finetune_mode in ("full", "frozen_encoder", "restart"), f"finetune_mode={self.finetune_mode!r}")
         for name in ("fg_threshold", "query_weight", "confidence_threshold", "voxel_confidence",
                      "pseudo_ramp_fraction", "sw_overlap"):
@@ -101,6 +106,8 @@ class Settings:
         check(self.pseudo_ratio >= 0 and self.pseudo_weight_max >= 0 and self.diversity_gamma >= 0,
               "pseudo_ratio, pseudo_weight_max and diversity_gamma must not be negative")
         check(self.learning_rate > 0 and self.encoder_lr_ratio >= 0, "learning rates must be positive")
+        check(int(self.pretext_mask_block) >= 1, "pretext_mask_block must be at least 1")
+        check(0.0 < self.pretext_mask_ratio <= 1.0, f"pretext_mask_ratio={self.pretext_mask_ratio} must lie in (0, 1]")
         check(len(self.patch_size) == 3 and all(p >= 8 for p in self.patch_size),
               f"patch_size={self.patch_size} must be three sizes of at least 8")
         return self

@@ -33,6 +33,7 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from torch import nn
 
 from . import ssft
+from .pretext import block_mask, pretext_loss, reconstruction_spec
 from .errors import (ASSFTError, CheckpointError, GeometryError, JobCancelled, LabelError, VolumeError,
                      WorkspaceError)
 from .settings import Settings
@@ -41,9 +42,6 @@ from .workspace.paths import job_state_path
 Progress = Callable[[int, int, dict], None] | None
 ShouldStop = Callable[[], bool] | None
 
-#: Masked-volume reconstruction: cubes of this many voxels are hidden with this probability.
-MASK_BLOCK = 8
-MASK_RATIO = 0.5
 #: Fields of a cached score record (``scoring``) that SSFT reads: c(x) and zt(x).
 CONFIDENCE_KEY, EMBEDDING_KEY = "confidence", "zt"
 
@@ -570,33 +568,6 @@ def write_pseudo_labels(ws, teacher, case_ids: Sequence[str], settings: Settings
 
 
 # ============================================================================ pretraining
-def reconstruction_spec(patch_size: Sequence[int]):
-    """The default network with one reconstruction output channel and no task head."""
-    from .models import default_spec
-    spec = default_spec(["intensity"], patch_size)
-    return spec.replace(classes=[], has_task_head=False, task="reconstruction")
-
-
-def block_mask(shape: Sequence[int], generator: torch.Generator, block: int = MASK_BLOCK,
-               ratio: float = MASK_RATIO) -> torch.Tensor:
-    """(B, 1, X, Y, Z) float mask, 1 on hidden cubes of ``block`` voxels (each hidden with probability ``ratio``)."""
-    b, _, *spatial = shape
-    coarse = [-(-s // block) for s in spatial]
-    hidden = (torch.rand((b, 1, *coarse), generator=generator) < ratio).float()
-    full = hidden.repeat_interleave(block, 2).repeat_interleave(block, 3).repeat_interleave(block, 4)
-    return full[:, :, :spatial[0], :spatial[1], :spatial[2]]
-
-
-def pretext_loss(network: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked-volume reconstruction loss: MSE of ``network``'s output on the hidden voxels.
-
-    image, mask: (B, 1, X, Y, Z); the hidden voxels are set to 0 (the
-    normalised mean) in the input. Returns a scalar (per-batch mean).
-    """
-    out = network(image * (1.0 - mask)).float()
-    return ((out - image) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
-
-
 def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Volume files from a mix of files and folders (MSD folders: their ``imagesTr``)."""
     from .volumes import find_volume_files
@@ -660,7 +631,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
             raise _cancel(state_path, network, optimizer, scaler, step, total, plan)
         batch = sample_batch(images, settings.batch_size, transform, np.random.default_rng([settings.seed, step]))
         image = batch["image"].to(device)
-        mask = block_mask(image.shape, generator).to(device)
+        mask = block_mask(image.shape, generator, settings.pretext_mask_block, settings.pretext_mask_ratio).to(device)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, settings):
             loss = pretext_loss(network, image, mask)
@@ -671,7 +642,8 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
         if progress is not None:
             progress(step + 1, total, {"phase": "pretrain", "loss": round(loss_value, 5)})
     network = network.cpu().eval()
-    metrics = {"final_loss": loss_value, "volumes": len(paths), "mask_block": MASK_BLOCK, "mask_ratio": MASK_RATIO}
+    metrics = {"final_loss": loss_value, "volumes": len(paths), "mask_block": settings.pretext_mask_block,
+               "mask_ratio": settings.pretext_mask_ratio}
     save_checkpoint(out_path, network, spec, pretext=(network, spec),
                     extra={"pretext_task": "masked_reconstruction", "metrics": json.dumps(metrics)})
     state_path.unlink(missing_ok=True)

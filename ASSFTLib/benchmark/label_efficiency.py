@@ -44,7 +44,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import strategies
 from ..errors import DatasetError
 from ..metrics import dice_per_class, labels_to_reach, normalized_auc
 from ..settings import Settings
@@ -78,15 +77,17 @@ class Strategy:
     cold_start: str
 
 
-def arms() -> dict[str, Strategy]:
-    """The benchmark arms from the strategy registry: each benchmark strategy, then the SSFT variants."""
-    entries = [s for s in strategies.REGISTRY.values() if s.benchmark]
-    plain = [Strategy(s.name, s.name, False, s.cold_start) for s in entries]
-    with_ssft = [Strategy(s.ssft_arm, s.name, True, s.cold_start) for s in entries if s.ssft_arm]
-    return {a.name: a for a in plain + with_ssft}
-
-
-STRATEGIES = arms()
+STRATEGIES = {s.name: s for s in (
+    Strategy("random", "random", False, "random"),
+    Strategy("entropy", "entropy", False, "random"),
+    Strategy("bald", "bald", False, "random"),
+    Strategy("coreset", "coreset", False, "coreset"),
+    Strategy("dkd", "dkd", False, "dkd"),
+    Strategy("asd", "asd", False, "random"),
+    Strategy("atsq", "atsq", False, "dkd"),
+    Strategy("random+ssft", "random", True, "random"),
+    Strategy("assft", "atsq", True, "dkd"),
+)}
 
 
 @dataclass(frozen=True)
@@ -280,9 +281,8 @@ class RunConfig:
 
 def _settings_for(cfg: RunConfig, seed: int, strategy: Strategy | None, steps: int, ssft: bool) -> Settings:
     query = strategy.query if strategy is not None else "random"
-    mc = cfg.profile.mc_dropout_samples if strategies.get(query).mc_dropout else 0
     return cfg.base.replace(seed=seed, strategy=query, steps=steps, use_ssft=ssft, budget=cfg.profile.budget,
-                            mc_dropout_samples=mc)
+                            mc_dropout_samples=cfg.profile.mc_dropout_samples if query == "bald" else 0)
 
 
 def pretrained_model(cfg: RunConfig, seed: int, source_images: Sequence[Path]) -> Path:
@@ -430,7 +430,8 @@ def run_strategy(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, s
         picked = query_round(ws, settings.replace(seed=seed * 1000 + r))
         t_query = time.perf_counter() - t0
         if r == 1:  # the first scoring of the replayed cold model serves the whole cold-start group
-            cold.scores[settings.scoring_hash()] = ws.get_scores(cold_checksum, settings.scoring_hash())
+            round_hash = settings.replace(seed=seed * 1000 + r).scoring_hash()  # the seed is part of the key
+            cold.scores[round_hash] = ws.get_scores(cold_checksum, round_hash)
         annotate(ws, picked)
         teacher = ws.current_model().path
         result, t_train = _finetune(ws, settings.replace(seed=seed * 1000 + r))

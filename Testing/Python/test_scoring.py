@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ASSFTLib import cli, inference, models, query, scoring, strategies, synthetic
+from ASSFTLib import cli, inference, models, query, scoring, synthetic
 from ASSFTLib.errors import ASSFTError, JobCancelled
 from ASSFTLib.volumes import Volume
 from ASSFTLib.settings import Settings
@@ -230,7 +230,7 @@ def test_rank_from_cache_matches_the_pure_selector(workspace, counted):
     assert [r.case_id for r in pool_rows] == [pool[i] for i in sel.order]
     assert [r.rank for r in pool_rows] == list(range(1, len(pool) + 1))
     assert table.picked == [pool[i] for i in sel.picked] and table.divergence_mode == "bnstats"
-    for strategy in strategies.names():
+    for strategy in query.STRATEGIES:
         if strategy == "bald":
             with pytest.raises(ASSFTError, match="mc_dropout_samples"):
                 scoring.rank_cases(workspace, Settings(), strategy=strategy, budget=10)
@@ -255,9 +255,9 @@ def test_cli_score_and_rank_write_the_table(workspace, tmp_path, capsys):
 
 
 def test_pretext_divergence_is_the_pretraining_loss_on_a_fixed_mask(tmp_path):
-    from ASSFTLib import training
+    from ASSFTLib import pretext
     torch.manual_seed(2)
-    recon_spec = training.reconstruction_spec(PATCH).replace(kwargs={**_tiny_spec().kwargs, "out_channels": 1})
+    recon_spec = pretext.reconstruction_spec(PATCH).replace(kwargs={**_tiny_spec().kwargs, "out_channels": 1})
     recon = models.build_network(recon_spec)
     path = tmp_path / "foundation.pt"
     models.save_checkpoint(path, recon, recon_spec, pretext=(recon, recon_spec))
@@ -268,16 +268,17 @@ def test_pretext_divergence_is_the_pretraining_loss_on_a_fixed_mask(tmp_path):
     assert s.K["pretext"] > 0 and "bnstats" in s.K and s.asd is None
     from ASSFTLib.preprocess import prepare_image
     x, _ = prepare_image(vol, recon_spec.preprocessing)
-    mask = training.block_mask(x.shape, torch.Generator().manual_seed(4))
+    mask = pretext.block_mask(x.shape, torch.Generator().manual_seed(4), Settings().pretext_mask_block,
+                              Settings().pretext_mask_ratio)
     with torch.no_grad():
-        expected = float(training.pretext_loss(foundation.pretext.network, x, mask))
+        expected = float(pretext.pretext_loss(foundation.pretext.network, x, mask))
     assert s.K["pretext"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_pretext_pass_runs_only_when_the_ranking_can_use_it(tmp_path, volume):
     """With running statistics, ``auto`` ranks by bnstats: the pretext network must not run for nothing."""
-    from ASSFTLib import training
-    recon_spec = training.reconstruction_spec(PATCH).replace(kwargs={**_tiny_spec().kwargs, "out_channels": 1})
+    from ASSFTLib import pretext
+    recon_spec = pretext.reconstruction_spec(PATCH).replace(kwargs={**_tiny_spec().kwargs, "out_channels": 1})
     recon = models.build_network(recon_spec)
     path = tmp_path / "foundation.pt"
     models.save_checkpoint(path, recon, recon_spec, pretext=(recon, recon_spec))

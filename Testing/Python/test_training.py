@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ASSFTLib import scoring, synthetic, training
-from ASSFTLib.errors import JobCancelled, WorkspaceError
+from ASSFTLib import pretext, scoring, synthetic, training
+from ASSFTLib.errors import ASSFTError, JobCancelled, WorkspaceError
 from ASSFTLib.volumes import read_volume
 from ASSFTLib.models import encoder_parameter_names, load_model
 from ASSFTLib.settings import Settings
@@ -77,11 +77,32 @@ def test_pretrain_writes_reconstruction_checkpoint_with_pretext_and_bn_stats(fou
 def test_pretext_loss_only_counts_hidden_voxels():
     net = torch.nn.Identity()
     image = torch.randn(1, 1, 8, 8, 8)
-    mask = training.block_mask(image.shape, torch.Generator().manual_seed(0), block=4, ratio=0.5)
+    mask = pretext.block_mask(image.shape, torch.Generator().manual_seed(0), block=4, ratio=0.5)
     assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.shape == image.shape
     # identity "reconstructs" the visible voxels perfectly and the hidden ones as 0
     expected = (image[mask.bool()] ** 2).mean()
-    assert training.pretext_loss(net, image, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert pretext.pretext_loss(net, image, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_block_mask_follows_the_mask_settings():
+    shape = (2, 1, 16, 16, 16)
+    mask = pretext.block_mask(shape, torch.Generator().manual_seed(0), block=8, ratio=0.5)
+    cubes = mask.reshape(2, 2, 8, 2, 8, 2, 8)  # every 8^3 cube is all hidden or all visible
+    assert torch.equal(cubes.amin(dim=(2, 4, 6)), cubes.amax(dim=(2, 4, 6)))
+    assert pretext.block_mask(shape, torch.Generator().manual_seed(0), block=4, ratio=1.0).min() == 1
+
+
+def test_scoring_hash_changes_with_seed_and_mask_settings():
+    """K_pretext and BALD depend on the seed and the mask: a change must not reuse cached scores."""
+    base = Settings()
+    changed = [base.replace(seed=1), base.replace(pretext_mask_block=4), base.replace(pretext_mask_ratio=0.25)]
+    hashes = {base.scoring_hash()} | {s.scoring_hash() for s in changed}
+    assert len(hashes) == 4
+    assert base.replace(learning_rate=0.5).scoring_hash() == base.scoring_hash()  # training-only fields stay out
+    with pytest.raises(ASSFTError, match="pretext_mask_ratio"):
+        Settings(pretext_mask_ratio=0.0)
+    with pytest.raises(ASSFTError, match="pretext_mask_block"):
+        Settings(pretext_mask_block=0)
 
 
 def test_round_registers_model_only_at_the_end_with_held_out_quality(workspace):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import strategies
 from .errors import ASSFTError
 
 #: Fields that change what a scoring pass computes; their hash keys the score cache.
@@ -37,7 +38,7 @@ class Settings:
     query_weight: float = 0.5               # w
     diversity_gamma: float = 1.0            # gamma
     mc_dropout_samples: int = 0             # BALD samples; 0 = only when the strategy asks
-    strategy: str = "atsq"                  # atsq | random | entropy | bald | coreset | dkd | asd
+    strategy: str = "atsq"                  # a name in strategies.REGISTRY
     budget: int = 2                         # b volumes per round
 
     # --- SSFT (SPEC.md: SSFT) ---
@@ -88,8 +89,8 @@ class Settings:
 
         check(self.divergence_mode in ("auto", "bnstats", "pretext", "drift"),
               f"divergence_mode={self.divergence_mode!r} (auto, bnstats, pretext or drift)")
-        check(self.strategy in ("atsq", "random", "entropy", "bald", "coreset", "dkd", "asd"),
-              f"strategy={self.strategy!r}")
+        check(self.strategy in strategies.names(),
+              f"strategy={self.strategy!r} (one of {', '.join(strategies.names())})")
         check(self.finetune_mode in ("full", "frozen_encoder", "restart"), f"finetune_mode={self.finetune_mode!r}")
         for name in ("fg_threshold", "query_weight", "confidence_threshold", "voxel_confidence",
                      "pseudo_ramp_fraction", "sw_overlap"):

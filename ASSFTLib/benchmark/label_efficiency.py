@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .. import strategies
 from ..errors import DatasetError
 from ..metrics import dice_per_class, labels_to_reach, normalized_auc
 from ..settings import Settings
@@ -77,17 +78,15 @@ class Strategy:
     cold_start: str
 
 
-STRATEGIES = {s.name: s for s in (
-    Strategy("random", "random", False, "random"),
-    Strategy("entropy", "entropy", False, "random"),
-    Strategy("bald", "bald", False, "random"),
-    Strategy("coreset", "coreset", False, "coreset"),
-    Strategy("dkd", "dkd", False, "dkd"),
-    Strategy("asd", "asd", False, "random"),
-    Strategy("atsq", "atsq", False, "dkd"),
-    Strategy("random+ssft", "random", True, "random"),
-    Strategy("assft", "atsq", True, "dkd"),
-)}
+def arms() -> dict[str, Strategy]:
+    """The benchmark arms from the strategy registry: each benchmark strategy, then the SSFT variants."""
+    entries = [s for s in strategies.REGISTRY.values() if s.benchmark]
+    plain = [Strategy(s.name, s.name, False, s.cold_start) for s in entries]
+    with_ssft = [Strategy(s.ssft_arm, s.name, True, s.cold_start) for s in entries if s.ssft_arm]
+    return {a.name: a for a in plain + with_ssft}
+
+
+STRATEGIES = arms()
 
 
 @dataclass(frozen=True)
@@ -281,8 +280,9 @@ class RunConfig:
 
 def _settings_for(cfg: RunConfig, seed: int, strategy: Strategy | None, steps: int, ssft: bool) -> Settings:
     query = strategy.query if strategy is not None else "random"
+    mc = cfg.profile.mc_dropout_samples if strategies.get(query).mc_dropout else 0
     return cfg.base.replace(seed=seed, strategy=query, steps=steps, use_ssft=ssft, budget=cfg.profile.budget,
-                            mc_dropout_samples=cfg.profile.mc_dropout_samples if query == "bald" else 0)
+                            mc_dropout_samples=mc)
 
 
 def pretrained_model(cfg: RunConfig, seed: int, source_images: Sequence[Path]) -> Path:

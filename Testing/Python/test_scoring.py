@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ASSFTLib import cli, inference, models, query, scoring, synthetic
+from ASSFTLib import cli, inference, models, query, scoring, strategies, synthetic
 from ASSFTLib.errors import ASSFTError, JobCancelled
 from ASSFTLib.volumes import Volume
 from ASSFTLib.settings import Settings
@@ -230,7 +230,7 @@ def test_rank_from_cache_matches_the_pure_selector(workspace, counted):
     assert [r.case_id for r in pool_rows] == [pool[i] for i in sel.order]
     assert [r.rank for r in pool_rows] == list(range(1, len(pool) + 1))
     assert table.picked == [pool[i] for i in sel.picked] and table.divergence_mode == "bnstats"
-    for strategy in query.STRATEGIES:
+    for strategy in strategies.names():
         if strategy == "bald":
             with pytest.raises(ASSFTError, match="mc_dropout_samples"):
                 scoring.rank_cases(workspace, Settings(), strategy=strategy, budget=10)

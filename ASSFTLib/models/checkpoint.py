@@ -230,22 +230,28 @@ def _candidates(key: str, swin: bool) -> list[str]:
 
 
 def _load_matching(network: nn.Module, state: Mapping[str, torch.Tensor], swin: bool = False) -> LoadReport:
-    """Load every tensor of ``state`` whose name (after prefix stripping) and shape fit ``network``."""
+    """Load every tensor of ``state`` whose name (after prefix stripping) and shape fit ``network``.
+
+    ASSFT decides which checkpoint key goes where (:func:`_candidates`: wrapper prefixes,
+    the Swin SSL names; the first key to claim a network name wins) and reports it;
+    MONAI's ``copy_model_state`` copies the accepted tensors into the network.
+    """
     target = network.state_dict()
-    matched: dict[str, torch.Tensor] = {}
+    names: dict[str, str] = {}  # accepted checkpoint key -> network name (same shape)
     report = LoadReport()
     for key, value in state.items():
         name = next((c for c in _candidates(key, swin) if c in target), None)
-        if name is None or name in matched:
+        if name is None or name in names.values():
             report.unexpected.append(key)
         elif tuple(value.shape) != tuple(target[name].shape):
             report.mismatched.append((name, tuple(value.shape), tuple(target[name].shape)))
         else:
-            matched[name] = value
-    network.load_state_dict(matched, strict=False)
-    report.loaded = sorted(matched)
-    mismatched = {n for n, _, _ in report.mismatched}
-    report.missing = [k for k in target if k not in matched and k not in mismatched]
+            names[key] = name
+    renamed = {key: name for key, name in names.items() if key != name}
+    _, updated, _ = copy_model_state(network, {key: state[key] for key in names}, mapping=renamed or None)
+    report.loaded = sorted(updated)
+    kept = set(updated) | {n for n, _, _ in report.mismatched}
+    report.missing = [k for k in target if k not in kept]
     return report
 
 

@@ -213,6 +213,25 @@ def test_plain_state_dict_under_a_wrapper_and_a_lightning_prefix(tmp_path):
     assert torch.equal(forward(loaded.network), forward(net))
 
 
+@pytest.mark.parametrize("prefixed_first", [True, False])
+def test_a_tensor_stored_twice_loads_the_first_and_reports_the_second(tmp_path, prefixed_first):
+    """The first key to claim a network name wins, whether it matches as is or after prefix stripping."""
+    spec = tiny_spec("UNet")
+    net = build_network(spec)
+    name = "model.0.conv.unit0.conv.weight"
+    first, second = torch.full_like(net.state_dict()[name], 1.0), torch.full_like(net.state_dict()[name], 2.0)
+    keys = [f"module.{name}", name] if prefixed_first else [name, f"module.{name}"]
+    state = {k: v for k, v in net.state_dict().items() if k != name}
+    state.update({keys[0]: first, keys[1]: second})
+    path = tmp_path / "twice.pt"
+    torch.save(state, path)
+    loaded = load_model(path, spec=spec)
+    assert loaded.report.unexpected == [keys[1]]
+    assert loaded.report.missing == [] and loaded.report.mismatched == []
+    assert set(loaded.report.loaded) == set(net.state_dict())
+    assert torch.equal(loaded.network.state_dict()[name], first)
+
+
 def test_state_dict_of_another_network_is_refused(tmp_path):
     path = tmp_path / "other.pt"
     torch.save(build_network(tiny_spec("BasicUNet")).state_dict(), path)

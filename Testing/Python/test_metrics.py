@@ -26,3 +26,18 @@ def test_auc_and_labels_to_reach():
     assert labels_to_reach(x, np.array([0.1, 0.5, 0.9]), 0.95) is None
     with pytest.raises(ValueError):
         normalized_auc(np.array([2, 0]), np.array([1.0, 1.0]))
+
+
+def test_auc_is_the_hand_computed_trapezoid_area_on_any_numpy(monkeypatch):
+    """Uneven label steps, a dip: (3*1.0 + 1*1.3 + 4*1.4) / 2 = 4.95 over a span of 8.
+
+    Without NumPy's own trapezoid functions (``np.trapezoid`` is NumPy >= 2 only, Slicer 5.8 ships
+    NumPy 1.26 whose ``np.trapz`` NumPy 2 deprecates) the result is the same.
+    """
+    x, y = np.array([2, 5, 6, 10]), np.array([0.2, 0.8, 0.5, 0.9])
+    assert normalized_auc(x, y) == pytest.approx(4.95 / 8, abs=1e-12)
+    monkeypatch.delattr(np, "trapezoid", raising=False)
+    monkeypatch.delattr(np, "trapz", raising=False)
+    assert normalized_auc(x, y) == pytest.approx(4.95 / 8, abs=1e-12)
+    assert normalized_auc(np.array([3]), np.array([0.4])) == 0.4
+    assert normalized_auc(np.array([0, 1]), np.array([1.0, 0.0])) == pytest.approx(0.5)

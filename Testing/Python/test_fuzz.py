@@ -30,12 +30,34 @@ from ASSFTLib.settings import Settings
 EXAMPLES = int(os.environ.get("ASSFT_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-#: Inputs tried per property in this run (reported by the test named last in the file).
+#: Inputs the running test's properties tried (reset and checked around each test by ``inputs_tried``).
 TRIED: dict[str, int] = {}
 
 
 def _count(name: str) -> None:
     TRIED[name] = TRIED.get(name, 0) + 1
+
+
+@pytest.fixture(autouse=True)
+def inputs_tried(request, record_property):
+    """Every property really ran on ``ASSFT_FUZZ_EXAMPLES`` inputs, whatever ran before it.
+
+    The counts are this test's own (reset before, checked after), so the check holds under any
+    test order or ``-k`` selection.  It fails when a strategy or an ``assume`` throws most inputs
+    away (the property would pass while testing almost nothing) and when a hypothesis test does
+    not count its inputs.  The counts go to docs/reliability.md: printed (``-rA``) and recorded as
+    JUnit properties.
+    """
+    TRIED.clear()
+    yield
+    for name, count in sorted(TRIED.items()):
+        record_property(name, count)
+    if TRIED:
+        print("fuzz inputs tried:", dict(sorted(TRIED.items())))
+    if getattr(request.function, "is_hypothesis_test", False):
+        assert TRIED, f"{request.node.name} does not count its inputs with _count()"
+    short = {name: count for name, count in TRIED.items() if count < EXAMPLES}
+    assert not short, f"fewer than ASSFT_FUZZ_EXAMPLES={EXAMPLES} inputs reached the property: {short}"
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -239,12 +261,3 @@ def test_select_pseudo_obeys_thresholds_cap_and_qa(pool, data):
     assert priorities == sorted(priorities, reverse=True)
     assert all(d.reason for d in sel.decisions if not d.selected)
 
-
-def test_report_inputs_tried(record_property):
-    """Runs last: what this run tried, for docs/reliability.md (visible with ``-rA`` / in the JUnit XML)."""
-    for name, count in sorted(TRIED.items()):
-        record_property(name, count)
-    print("fuzz inputs tried:", dict(sorted(TRIED.items())))
-    if not TRIED:
-        pytest.skip("the fuzz properties did not run in this session")
-    assert all(count >= 1 for count in TRIED.values())

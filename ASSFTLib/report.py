@@ -10,7 +10,7 @@ archived alone.
 The core (:func:`slice_panel_png`, :func:`render_html`) takes arrays and knows
 nothing of the workspace; :func:`write_report` gathers a workspace's cases from
 the cached scores (``scoring.rank_cases``) and the SSFT selection
-(``training.select_round_pseudo``).
+(``pseudo.select_round_pseudo``).
 """
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
     from the cache: run ``assft score`` first.  ``progress(step, total, info)`` is
     called once per case drawn.
     """
-    from . import scoring, ssft, training
+    from . import pseudo, scoring, ssft
     from .volumes import read_volume
     from .models import load_model
 
@@ -247,7 +247,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
     table = scoring.rank_cases(ws, settings)
     intro["strategy"] = table.strategy
     ranked = [r for r in table.rows if r.status == "pool"][:max(0, int(top))]
-    selection = training.select_round_pseudo(ws, current, settings) if can_segment else None
+    selection = pseudo.select_round_pseudo(ws, current, settings) if can_segment else None
     candidates = selection.selected if selection is not None else []
     if selection is not None:
         intro["tau_c"], intro["tau_d"], intro["pseudo cap"] = selection.tau_c, selection.tau_d, selection.cap

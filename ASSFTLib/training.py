@@ -34,6 +34,7 @@ from torch import nn
 
 from . import ssft
 from .pretext import block_mask, pretext_loss, reconstruction_spec
+from .pseudo import accepted_pseudo_labels, select_round_pseudo
 from .errors import (ASSFTError, CheckpointError, GeometryError, JobCancelled, LabelError, VolumeError,
                      WorkspaceError)
 from .settings import Settings
@@ -41,9 +42,6 @@ from .workspace.paths import job_state_path
 
 Progress = Callable[[int, int, dict], None] | None
 ShouldStop = Callable[[], bool] | None
-
-#: Fields of a cached score record (``scoring``) that SSFT reads: c(x) and zt(x).
-CONFIDENCE_KEY, EMBEDDING_KEY = "confidence", "zt"
 
 
 class TrainingWarning(UserWarning):
@@ -253,7 +251,8 @@ def _segmentation_steps(network: nn.Module, labeled: Sequence[TrainCase], pseudo
             extra = sample_batch(pseudo, settings.batch_size, transform, rng)
             batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        lam = ssft.pseudo_weight(step, total, settings) if pseudo else 0.0
+        lam = (ssft.pseudo_weight(step, total, settings.pseudo_weight_max, settings.pseudo_ramp_fraction)
+               if pseudo else 0.0)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, settings):
             logits = network(batch["image"])
@@ -327,45 +326,6 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
         network, spec, _ = make_task_network(loaded, ws.classes)
     spec = spec.replace(patch_size=list(settings.patch_size))
     return _Start(network.to(device), spec, "foundation" if use_foundation else "current", loaded.checksum, teacher)
-
-
-def select_round_pseudo(ws, teacher, settings: Settings, exclude: Sequence[str] = ()) -> ssft.PseudoSelection | None:
-    """SSFT selection among the unlabeled cases (minus ``exclude``) from the cached scores of ``teacher``.
-
-    teacher: the model whose scores decide (a ``LoadedModel`` or a workspace
-    ``ModelVersion``: only its ``checksum`` is read), or None.
-
-    Returns None when there is no teacher with a task head (cold start) or no
-    labeled volume has a cached embedding for it (not scored yet).
-    Unscored candidates are listed as refused ("no confidence/embedding").
-    """
-    if teacher is None:
-        return None
-    scores = {c: r for c, r in ws.get_scores(teacher.checksum, settings.scoring_hash()).items() if "error" not in r}
-    lab_emb = [scores[c][EMBEDDING_KEY] for c in ws.labeled_ids() if scores.get(c, {}).get(EMBEDDING_KEY)]
-    if not lab_emb:
-        return None
-    dim = len(lab_emb[0])
-    rejected = [c for c, d in ws.qa_decisions().items() if d == "rejected"]
-    candidates = [c for c in ws.unlabeled_ids() if c not in set(exclude)]
-    conf = [scores.get(c, {}).get(CONFIDENCE_KEY) for c in candidates]
-    conf = [np.nan if v is None else float(v) for v in conf]
-    emb = np.array([scores.get(c, {}).get(EMBEDDING_KEY) or [np.nan] * dim for c in candidates],
-                   dtype=np.float64).reshape(-1, dim)
-    empty = [bool(scores.get(c, {}).get("roi_fallback")) for c in candidates]
-    return ssft.select_pseudo(candidates, conf, emb, np.asarray(lab_emb, dtype=np.float64), settings, rejected,
-                              no_foreground=empty)
-
-
-def accepted_pseudo_labels(ws) -> dict[str, Path]:
-    """QA-accepted pseudo-labels of still-unlabeled cases (``pseudo/<case>.nii.gz``): promoted to labels this round."""
-    unlabeled = set(ws.unlabeled_ids())
-    out = {}
-    for case_id, decision in ws.qa_decisions().items():
-        path = ws.paths.pseudo_label(case_id)
-        if decision == "accepted" and case_id in unlabeled and path.exists():
-            out[case_id] = path
-    return out
 
 
 def _heldout_label_problems(ws, case_ids: Sequence[str], num_classes: int) -> list[ASSFTError]:
@@ -549,22 +509,6 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: dict | None, devi
     ws.finish_round(round_id, "finished", metrics=metrics, model_id=version.id)
     out.unlink(missing_ok=True)  # register_model keeps its own copy under models/
     return {"model_id": version.id, "model_path": str(version.path), "round_id": round_id, "metrics": metrics}
-
-
-# ============================================================================ pseudo-labels for review
-def write_pseudo_labels(ws, teacher, case_ids: Sequence[str], settings: Settings,
-                        progress: Progress = None) -> dict[str, Path]:
-    """Write the argmax pseudo-labels of ``case_ids`` to ``<workspace>/pseudo/<case>.nii.gz`` for review."""
-    from .inference import predict_probs
-    from .volumes import read_volume, write_volume
-    out = {}
-    for i, case_id in enumerate(case_ids):
-        volume = read_volume(ws.image_path(case_id))
-        label, _ = ssft.pseudo_target(predict_probs(teacher, volume, settings), settings.voxel_confidence)
-        out[case_id] = write_volume(ws.paths.pseudo_label(case_id), label, volume.affine)
-        if progress is not None:
-            progress(i + 1, len(case_ids), {"phase": "pseudo", "case": case_id})
-    return out
 
 
 # ============================================================================ pretraining

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import WorkspaceError
     from ..models import load_model
-    from ..training import accepted_pseudo_labels, select_round_pseudo, write_pseudo_labels
+    from ..pseudo import accepted_pseudo_labels, select_round_pseudo, write_pseudo_labels
     from ..workspace import Workspace
     with Workspace.open(args.workspace) as ws:
         settings = ws.settings if not args.device else ws.settings.replace(device=args.device)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ASSFTLib import pretext, scoring, synthetic, training
+from ASSFTLib import pretext, pseudo, scoring, ssft, synthetic, training
 from ASSFTLib.errors import ASSFTError, JobCancelled, WorkspaceError
 from ASSFTLib.volumes import read_volume
 from ASSFTLib.models import encoder_parameter_names, load_model
@@ -130,15 +130,53 @@ def test_second_round_uses_ssft_selection_and_respects_qa(workspace):
     training.finetune_round(workspace, settings)
     scoring.score_cases(workspace, settings)
     teacher = load_model(workspace.current_model().path)
-    before = training.select_round_pseudo(workspace, teacher, settings)
+    before = pseudo.select_round_pseudo(workspace, teacher, settings)
     assert before is not None and {d.case_id for d in before.decisions} == set(workspace.unlabeled_ids())
     rejected = before.decisions[0].case_id
     workspace.set_qa(rejected, "rejected", user="test")
-    expected = training.select_round_pseudo(workspace, teacher, settings)
+    expected = pseudo.select_round_pseudo(workspace, teacher, settings)
     result = training.finetune_round(workspace, settings)
     assert expected.selected and result["metrics"]["pseudo_ids"] == expected.selected
     assert rejected not in result["metrics"]["pseudo_ids"]
     assert result["metrics"]["start"] == "current"
+
+
+class _CachedScoresOnly:
+    """Just what pseudo.select_round_pseudo reads of a workspace: ids, QA decisions and the score cache."""
+
+    def __init__(self, records: dict):
+        self.records = records
+
+    def labeled_ids(self):
+        return ["l1"]
+
+    def unlabeled_ids(self):
+        return ["u1", "u2", "u3", "u4"]
+
+    def qa_decisions(self):
+        return {}
+
+    def get_scores(self, checksum, settings_hash):
+        assert checksum == "abc" and settings_hash == Settings().scoring_hash()
+        return self.records
+
+
+def test_selection_reads_typed_cached_scores_and_skips_failure_records():
+    def record(zt, confidence=None, roi_fallback=False):
+        return {"K": {"bnstats": 0.1}, "zt": zt, "z0": zt, "has_task_head": True, "confidence": confidence,
+                "roi_fallback": roi_fallback}
+    ws = _CachedScoresOnly({"l1": record([1.0, 0.0]), "u1": record([1.0, 0.0], 0.99),
+                            "u2": {"error": "VolumeError: unreadable"},
+                            "u3": record([1.0, 0.0], 0.99, roi_fallback=True)})
+    teacher = type("Teacher", (), {"checksum": "abc"})()
+    selection = pseudo.select_round_pseudo(ws, teacher, Settings(confidence_threshold=0.5, pseudo_ratio=3.0))
+    reasons = {d.case_id: d.reason for d in selection.decisions}
+    assert selection.selected == ["u1"]
+    assert reasons["u2"] == reasons["u4"] == ssft.REASON_NOT_SCORED
+    assert reasons["u3"] == ssft.REASON_NO_FOREGROUND
+    assert pseudo.select_round_pseudo(ws, None, Settings()) is None
+    ws.records = {"u1": record([1.0, 0.0], 0.99), "l1": {"error": "failed"}}
+    assert pseudo.select_round_pseudo(ws, teacher, Settings()) is None  # no labeled embedding: not scored yet
 
 
 def test_accepted_pseudo_label_is_promoted(workspace):

@@ -65,6 +65,11 @@ class WorkspacePaths:
     def cache(self) -> Path:
         return self.folder / "cache"
 
+    @property
+    def written_folders(self) -> tuple[Path, ...]:
+        """Folders whose files are written atomically, so may hold a killed writer's hidden temporaries."""
+        return (self.labels, self.label_history, self.models, self.pseudo, self.cache, self.folder)
+
     def label(self, case_id: str) -> Path:
         return self.labels / f"{case_id}{LABEL_SUFFIX}"
 

@@ -61,5 +61,10 @@ class DatasetError(ASSFTError):
     """The input dataset folder is empty, malformed, or lies about its files."""
 
 
+class ArrayError(ASSFTError, ValueError):
+    """An array handed to a pure function (query strategies, SSFT selection) has the wrong shape or
+    non-finite values; a ``ValueError`` too, as numpy's own shape errors are."""
+
+
 class JobCancelled(ASSFTError):
     """A background job was asked to stop; a resumable checkpoint was saved."""

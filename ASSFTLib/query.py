@@ -18,15 +18,10 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy import ndimage, stats
 
-from .errors import ASSFTError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .settings import Settings
+from .errors import ArrayError
 
 #: Embeddings closer than this (cosine distance) count as the same volume.
 DUPLICATE_DISTANCE = 1e-6
@@ -55,11 +50,11 @@ def _as_scores(name: str, values, n: int | None = None) -> np.ndarray:
     """``values`` as a finite float64 vector ``(n,)``; a clear error otherwise."""
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if n is not None and arr.shape[0] != n:
-        raise ASSFTError(f"{name} holds {arr.shape[0]} values for a pool of {n} cases",
+        raise ArrayError(f"{name} holds {arr.shape[0]} values for a pool of {n} cases",
                          hint="score every case of the pool with the same model")
     if not np.all(np.isfinite(arr)):
         bad = np.flatnonzero(~np.isfinite(arr)).tolist()
-        raise ASSFTError(f"{name} is not finite (NaN or inf) for pool indices {bad[:10]}",
+        raise ArrayError(f"{name} is not finite (NaN or inf) for pool indices {bad[:10]}",
                          hint="rescore these cases (assft score) or check their images")
     return arr
 
@@ -70,22 +65,22 @@ def _as_embeddings(name: str, values, n: int | None = None, dim: int | None = No
     if arr.size == 0 and not n:
         return np.zeros((0, dim or 0))
     if arr.ndim != 2:
-        raise ASSFTError(f"{name} must be a matrix (cases, features), got shape {arr.shape}")
+        raise ArrayError(f"{name} must be a matrix (cases, features), got shape {arr.shape}")
     if n is not None and arr.shape[0] != n:
-        raise ASSFTError(f"{name} holds {arr.shape[0]} embeddings for a pool of {n} cases",
+        raise ArrayError(f"{name} holds {arr.shape[0]} embeddings for a pool of {n} cases",
                          hint="score every case of the pool with the same model")
     if dim is not None and dim and arr.shape[1] != dim:
-        raise ASSFTError(f"{name} has {arr.shape[1]} features where {dim} are expected",
+        raise ArrayError(f"{name} has {arr.shape[1]} features where {dim} are expected",
                          hint="score labeled and unlabeled cases with the same model")
     if not np.all(np.isfinite(arr)):
-        raise ASSFTError(f"{name} is not finite (NaN or inf)", hint="rescore the cases (assft score)")
+        raise ArrayError(f"{name} is not finite (NaN or inf)", hint="rescore the cases (assft score)")
     return arr
 
 
 def _check_budget(budget: int) -> int:
     budget = int(budget)
     if budget < 0:
-        raise ASSFTError(f"budget={budget} must not be negative")
+        raise ArrayError(f"budget={budget} must not be negative")
     return budget
 
 
@@ -127,16 +122,16 @@ def knowledge_divergence_bnstats(stats_per_layer, running_per_layer) -> float:
     running_per_layer: the matching ``(running_mean (K_l,), running_var (K_l,))``.
     """
     if len(stats_per_layer) != len(running_per_layer):
-        raise ASSFTError(f"{len(stats_per_layer)} layers of volume statistics for "
+        raise ArrayError(f"{len(stats_per_layer)} layers of volume statistics for "
                          f"{len(running_per_layer)} layers of running statistics")
     if not stats_per_layer:
-        raise ASSFTError("no normalisation layer statistics to compare",
+        raise ArrayError("no normalisation layer statistics to compare",
                          hint="use divergence_mode 'pretext' or 'drift' for this architecture")
     per_layer = []
     for (mu, var), (mu_s, var_s) in zip(stats_per_layer, running_per_layer):
         kl = symmetric_gaussian_kl(mu, var, mu_s, var_s)
         if not np.all(np.isfinite(kl)):
-            raise ASSFTError("normalisation statistics are not finite", hint="check the image intensities")
+            raise ArrayError("normalisation statistics are not finite", hint="check the image intensities")
         per_layer.append(float(np.mean(kl)))
     return float(np.mean(per_layer))
 
@@ -180,7 +175,7 @@ def normalized_entropy(probs: np.ndarray) -> np.ndarray:
     """H(p_v) / log C for probabilities ``(C, ...)`` -> ``(...)`` in ``[0, 1]``."""
     c = probs.shape[0]
     if c < 2:
-        raise ASSFTError(f"entropy needs at least two classes, got {c}")
+        raise ArrayError(f"entropy needs at least two classes, got {c}")
     p = np.clip(probs, EPS, 1.0)
     return -(p * np.log(p)).sum(axis=0) / np.log(c)
 
@@ -190,23 +185,26 @@ def _ball(radius: int) -> np.ndarray:
     return (grid ** 2).sum(axis=0) <= radius ** 2
 
 
-def foreground_roi(probs: np.ndarray, settings: "Settings") -> tuple[np.ndarray, bool, float]:
+def foreground_roi(probs: np.ndarray, fg_threshold: float, dilation: int, min_fraction: float,
+                   fallback_fraction: float) -> tuple[np.ndarray, bool, float]:
     """R(x) from probabilities ``(C, X, Y, Z)`` -> ``(mask (X, Y, Z) bool, fallback_used, fg_fraction)``.
 
-    Voxels with ``1 - p_bg >= fg_threshold``, dilated by a ball of ``roi_dilation``
-    voxels; when fewer than ``roi_min_fraction`` of the voxels remain, the top
-    ``roi_fallback_fraction`` voxels by foreground probability (at least one).
+    Voxels with ``1 - p_bg >= fg_threshold`` (tau_fg), dilated by a ball of
+    ``dilation`` voxels; when fewer than ``min_fraction`` of the voxels remain,
+    the top ``fallback_fraction`` voxels by foreground probability (at least one).
+    The four are ``Settings.fg_threshold``, ``roi_dilation``, ``roi_min_fraction``
+    and ``roi_fallback_fraction``.
     """
     fg_prob = 1.0 - probs[0]
-    core = fg_prob >= settings.fg_threshold
+    core = fg_prob >= fg_threshold
     fg_fraction = float(core.mean())
     roi = core
-    if settings.roi_dilation > 0 and core.any():
-        roi = ndimage.binary_dilation(core, structure=_ball(int(settings.roi_dilation)))
-    n_min = settings.roi_min_fraction * roi.size
+    if dilation > 0 and core.any():
+        roi = ndimage.binary_dilation(core, structure=_ball(int(dilation)))
+    n_min = min_fraction * roi.size
     if roi.sum() >= max(n_min, 1):
         return roi, False, fg_fraction
-    k = max(1, int(np.ceil(settings.roi_fallback_fraction * roi.size)))
+    k = max(1, int(np.ceil(fallback_fraction * roi.size)))
     flat = fg_prob.reshape(-1)
     top = np.argpartition(-flat, k - 1)[:k]
     roi = np.zeros(flat.shape, bool)
@@ -214,18 +212,20 @@ def foreground_roi(probs: np.ndarray, settings: "Settings") -> tuple[np.ndarray,
     return roi.reshape(fg_prob.shape), True, fg_fraction
 
 
-def asd_from_probs(probs, settings: "Settings") -> ASDResult:
+def asd_from_probs(probs, fg_threshold: float, dilation: int, min_fraction: float,
+                   fallback_fraction: float) -> ASDResult:
     """ASD(x), c(x) and whole-volume entropy from test-time probabilities ``(C, X, Y, Z)``.
 
-    ``probs`` sum to 1 over the class axis (channel 0 is background).
+    ``probs`` sum to 1 over the class axis (channel 0 is background); the other
+    parameters are :func:`foreground_roi`'s.
     """
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 4:
-        raise ASSFTError(f"probabilities must have shape (C, X, Y, Z), got {probs.shape}")
+        raise ArrayError(f"probabilities must have shape (C, X, Y, Z), got {probs.shape}")
     if not np.all(np.isfinite(probs)):
-        raise ASSFTError("probabilities are not finite (NaN or inf)", hint="check the image and the model")
+        raise ArrayError("probabilities are not finite (NaN or inf)", hint="check the image and the model")
     entropy = normalized_entropy(probs)
-    roi, fallback, fg_fraction = foreground_roi(probs, settings)
+    roi, fallback, fg_fraction = foreground_roi(probs, fg_threshold, dilation, min_fraction, fallback_fraction)
     return ASDResult(
         asd=float(entropy[roi].mean()),
         confidence=float(probs.max(axis=0)[roi].mean()),
@@ -251,7 +251,7 @@ def bald_from_samples(samples) -> float:
     """BALD from MC-dropout softmax samples ``(M, C, X, Y, Z)``."""
     samples = np.asarray(samples, np.float64)
     if samples.ndim != 5 or samples.shape[0] < 1:
-        raise ASSFTError(f"MC samples must have shape (M, C, X, Y, Z), got {samples.shape}")
+        raise ArrayError(f"MC samples must have shape (M, C, X, Y, Z), got {samples.shape}")
     mean_h = np.mean([normalized_entropy(s) for s in samples], axis=0)
     return bald_from_moments(samples.mean(axis=0), mean_h)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,6 @@ class Settings:
     python_executable: str = ""             # empty: the Python running ASSFT
     num_threads: int = 0                    # 0: torch's default
 
-    extra: dict = field(default_factory=dict)
-
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(v) for v in self.patch_size)
         self.validate()
@@ -122,6 +120,8 @@ class Settings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Settings":
         known = {f.name for f in fields(cls)}
+        if not data.get("extra", True):  # the removed, never-used "extra": {} of older settings.json files
+            data = {k: v for k, v in data.items() if k != "extra"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ASSFTError(f"unknown settings: {', '.join(unknown)}", hint="remove them or check their spelling")

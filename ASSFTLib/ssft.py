@@ -4,7 +4,8 @@ Pure functions on arrays (no I/O, no network), following ``SPEC.md`` ("SSFT"):
 
 - confidence ``c(x)`` (foreground-focused mean of max-probabilities) and the
   embedding ``zt(x)`` come from the scoring pass; this module only decides.
-- semantic distance ``d(x) = min_l 1 - cos(zt(x), zt(l))`` over the labeled set L.
+- semantic distance ``d(x) = min_l 1 - cos(zt(x), zt(l))`` over the labeled set L
+  (:func:`ASSFTLib.query.diversity`, the same quantity ATSQ's diversity term uses).
 - adaptive bound ``tau_d`` = the ``distance_percentile``-th percentile of the
   nearest-neighbour distances among the labeled volumes themselves.
 - a candidate passes when ``c >= tau_c`` and ``d <= tau_d``; at most
@@ -20,13 +21,13 @@ cap still apply). With |L| = 0 no candidate passes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .query import cosine_distance  # one definition of dist(a, b) = 1 - cos(a, b)
-from .settings import Settings
+from .errors import ArrayError
+from .query import cosine_distance, diversity  # one definition of dist(a, b) = 1 - cos(a, b)
 
 #: Reasons a candidate can be refused (the first that applies is reported).
 REASON_REJECTED = "rejected in QA"
@@ -70,21 +71,10 @@ class PseudoSelection:
     tau_d: float
     cap: int
     tau_d_rule: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"selected": list(self.selected), "tau_c": self.tau_c, "tau_d": self.tau_d, "cap": self.cap,
                 "tau_d_rule": self.tau_d_rule, "decisions": [d.to_dict() for d in self.decisions]}
-
-
-def semantic_distance(embeddings: np.ndarray, labeled_embeddings: np.ndarray) -> np.ndarray:
-    """``d(x) = min over l in L of dist(zt(x), zt(l))``: (N, D), (M, D) -> (N,); +inf when M = 0."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    if len(labeled_embeddings) == 0:
-        return np.full(len(embeddings), np.inf)
-    if len(embeddings) == 0:
-        return np.zeros(0)
-    return cosine_distance(embeddings, labeled_embeddings).min(axis=1)
 
 
 def distance_bound(labeled_embeddings: np.ndarray, percentile: float,
@@ -113,8 +103,9 @@ def distance_bound(labeled_embeddings: np.ndarray, percentile: float,
 
 
 def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np.ndarray,
-                  embeddings: np.ndarray, labeled_embeddings: np.ndarray, settings: Settings,
-                  rejected: Iterable[str] = (), no_foreground: Sequence[bool] | None = None) -> PseudoSelection:
+                  embeddings: np.ndarray, labeled_embeddings: np.ndarray, *, tau_c: float,
+                  distance_percentile: float, rho: float, rejected: Iterable[str] = (),
+                  no_foreground: Sequence[bool] | None = None) -> PseudoSelection:
     """Choose the unlabeled volumes admitted as pseudo-labeled training data.
 
     Parameters
@@ -123,7 +114,10 @@ def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np
     confidence: (N,) ``c(x)`` per candidate; NaN = not scored.
     embeddings: (N, D) ``zt(x)`` per candidate (rows of NaN = not scored).
     labeled_embeddings: (M, D) ``zt(l)`` of the labeled volumes.
-    settings: ``confidence_threshold`` (tau_c), ``distance_percentile``, ``pseudo_ratio`` (rho).
+    tau_c: confidence threshold (``Settings.confidence_threshold``).
+    distance_percentile: percentile of L's nearest-neighbour distances that bounds d(x)
+        (``Settings.distance_percentile``).
+    rho: at most ``floor(rho * |L|)`` are selected (``Settings.pseudo_ratio``).
     rejected: case ids the annotator rejected in QA; never selected.
     no_foreground: (N,) True where the model predicted (almost) no foreground, so
         that c(x) was measured on ASD's fallback ROI; never selected.  Such a
@@ -141,21 +135,21 @@ def select_pseudo(candidate_ids: Sequence[str], confidence: Sequence[float] | np
     if labeled.size == 0 and labeled.ndim != 2:
         labeled = labeled.reshape(0, emb.shape[1])
     if conf.shape[0] != len(ids) or emb.ndim != 2 or emb.shape[0] != len(ids) or labeled.ndim != 2:
-        raise ValueError(f"{len(ids)} candidates need ({len(ids)},) confidences, ({len(ids)}, D) embeddings and "
+        raise ArrayError(f"{len(ids)} candidates need ({len(ids)},) confidences, ({len(ids)}, D) embeddings and "
                          f"(M, D) labeled embeddings; got {conf.shape}, {emb.shape}, {labeled.shape}")
 
     scored = np.isfinite(conf) & np.all(np.isfinite(emb), axis=1)
     dist = np.full(len(ids), np.nan)
     if scored.any() and len(labeled):
-        dist[scored] = semantic_distance(emb[scored], labeled)
+        dist[scored] = diversity(emb[scored], labeled)
     empty = np.zeros(len(ids), bool) if no_foreground is None else np.asarray(no_foreground, bool).reshape(-1)
     if empty.shape[0] != len(ids):
-        raise ValueError(f"{len(ids)} candidates need {len(ids)} no_foreground flags, got {empty.shape[0]}")
+        raise ArrayError(f"{len(ids)} candidates need {len(ids)} no_foreground flags, got {empty.shape[0]}")
     rejected_set = set(map(str, rejected))
     eligible = scored & np.array([c not in rejected_set for c in ids], dtype=bool)
-    tau_c = float(settings.confidence_threshold)
-    tau_d, rule = distance_bound(labeled, settings.distance_percentile, dist[eligible])
-    cap = int(np.floor(settings.pseudo_ratio * len(labeled) + 1e-9))
+    tau_c = float(tau_c)
+    tau_d, rule = distance_bound(labeled, distance_percentile, dist[eligible])
+    cap = int(np.floor(rho * len(labeled) + 1e-9))
     priority = conf * (1.0 - dist)
 
     reasons: list[str] = []
@@ -195,19 +189,20 @@ def pseudo_target(probs: np.ndarray, tau_v: float) -> tuple[np.ndarray, np.ndarr
     """
     probs = np.asarray(probs)
     if probs.ndim != 4:
-        raise ValueError(f"probs must be (C, X, Y, Z), got shape {probs.shape}")
+        raise ArrayError(f"probs must be (C, X, Y, Z), got shape {probs.shape}")
     if probs.shape[0] > 256:
-        raise ValueError(f"{probs.shape[0]} classes do not fit a uint8 label")
+        raise ArrayError(f"{probs.shape[0]} classes do not fit a uint8 label")
     label = np.argmax(probs, axis=0).astype(np.uint8)
     ignore = np.max(probs, axis=0) < tau_v
     return label, ignore
 
 
-def pseudo_weight(step: int, total: int, settings: Settings) -> float:
-    """lambda(t): linear ramp from 0 at step 0 to ``pseudo_weight_max`` at
-    ``pseudo_ramp_fraction * total`` steps, constant after."""
-    lam = float(settings.pseudo_weight_max)
-    ramp = settings.pseudo_ramp_fraction * max(int(total), 1)
+def pseudo_weight(step: int, total: int, weight_max: float, ramp_fraction: float) -> float:
+    """lambda(t): linear ramp from 0 at step 0 to ``weight_max`` (lambda_max,
+    ``Settings.pseudo_weight_max``) at ``ramp_fraction * total`` steps
+    (``Settings.pseudo_ramp_fraction``), constant after."""
+    lam = float(weight_max)
+    ramp = ramp_fraction * max(int(total), 1)
     if ramp <= 0:
         return lam
     return lam * min(1.0, max(0, int(step)) / ramp)

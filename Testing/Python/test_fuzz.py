@@ -248,7 +248,8 @@ def test_select_pseudo_obeys_thresholds_cap_and_qa(pool, data):
     rejected = data.draw(st.sets(st.sampled_from(ids))) if n else set()
     s = Settings(confidence_threshold=data.draw(st.floats(0, 1)), distance_percentile=data.draw(st.floats(0, 100)),
                  pseudo_ratio=data.draw(st.floats(0, 4)))
-    sel = ssft.select_pseudo(ids, conf, z, labeled, s, rejected)
+    sel = ssft.select_pseudo(ids, conf, z, labeled, tau_c=s.confidence_threshold,
+                             distance_percentile=s.distance_percentile, rho=s.pseudo_ratio, rejected=rejected)
     assert len(sel.decisions) == n and [d.case_id for d in sel.decisions] == ids
     assert len(set(sel.selected)) == len(sel.selected) <= sel.cap
     assert sel.cap == int(np.floor(s.pseudo_ratio * len(labeled) + 1e-9))

@@ -16,6 +16,11 @@ def _entropy2(p: float) -> float:
     return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)) / np.log(2))
 
 
+def _roi(s: Settings) -> tuple:
+    """The foreground-ROI parameters of ``s``, as scoring passes them."""
+    return s.fg_threshold, s.roi_dilation, s.roi_min_fraction, s.roi_fallback_fraction
+
+
 def _two_class(fg: np.ndarray) -> np.ndarray:
     """(2, X, Y, Z) probabilities from a foreground-probability map."""
     return np.stack([1.0 - fg, fg]).astype(np.float32)
@@ -83,8 +88,8 @@ def test_background_only_uncertainty_scores_low_asd_and_high_whole_volume_entrop
     # B: uncertain organ, confident background everywhere
     fg_b = np.where(blob, 0.55, 0.01)
     s = Settings()
-    a = query.asd_from_probs(_two_class(fg_a), s)
-    b = query.asd_from_probs(_two_class(fg_b), s)
+    a = query.asd_from_probs(_two_class(fg_a), *_roi(s))
+    b = query.asd_from_probs(_two_class(fg_b), *_roi(s))
     assert a.asd == pytest.approx(_entropy2(0.02), rel=1e-4)
     assert a.entropy > b.entropy
     assert a.asd < b.asd
@@ -96,7 +101,7 @@ def test_background_only_uncertainty_scores_low_asd_and_high_whole_volume_entrop
 def test_roi_is_dilated_by_a_ball_of_r_voxels():
     fg = np.zeros((15, 15, 15))
     fg[7, 7, 7] = 0.9
-    roi, fallback, _ = query.foreground_roi(_two_class(fg), Settings(roi_dilation=2, roi_min_fraction=1e-4))
+    roi, fallback, _ = query.foreground_roi(_two_class(fg), *_roi(Settings(roi_dilation=2, roi_min_fraction=1e-4)))
     assert not fallback
     # voxels within Euclidean distance 2 of the centre: 33
     assert roi.sum() == 33 and roi[7, 7, 9] and not roi[7, 9, 9]
@@ -110,7 +115,7 @@ def test_empty_foreground_falls_back_to_top_fraction_by_foreground_probability()
     flat = fg.reshape(-1)
     top = np.random.default_rng(1).choice(flat.size, size=k, replace=False)
     flat[top] = 0.3  # the most foreground-like voxels, still below tau_fg
-    r = query.asd_from_probs(_two_class(fg), s)
+    r = query.asd_from_probs(_two_class(fg), *_roi(s))
     assert r.roi_fallback and r.roi_voxels == k and r.fg_fraction == 0.0
     assert r.asd == pytest.approx(_entropy2(0.3), rel=1e-4)
 
@@ -119,9 +124,9 @@ def test_asd_rejects_nan_and_bad_shapes():
     probs = _two_class(np.full((4, 4, 4), 0.5))
     probs[1, 0, 0, 0] = np.nan
     with pytest.raises(ASSFTError, match="not finite"):
-        query.asd_from_probs(probs, Settings())
+        query.asd_from_probs(probs, *_roi(Settings()))
     with pytest.raises(ASSFTError, match="shape"):
-        query.asd_from_probs(np.ones((2, 4, 4)), Settings())
+        query.asd_from_probs(np.ones((2, 4, 4)), *_roi(Settings()))
 
 
 def test_bald_is_zero_for_agreeing_samples_and_one_for_confident_disagreement():

@@ -6,7 +6,34 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+
+from ASSFTLib.dataset import load_dataset
+from ASSFTLib.inference import predict_probs
+from ASSFTLib.models import load_model
+from ASSFTLib.volumes import read_volume
 from ASSFTLib.workspace import Workspace
+
+
+def _test_dice(model_path, test_folder, settings) -> list:
+    """Per-class Dice of a checkpoint, mean over the test cases, counted here rather than by ASSFTLib.metrics."""
+    model = load_model(model_path, device=settings.resolved_device())
+    cases, _ = load_dataset(test_folder)
+    per_case, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo ran (OMP_NUM_THREADS=1): the same arithmetic, the same argmax
+    try:
+        for case in cases:
+            pred = np.argmax(predict_probs(model, read_volume(case.image), settings), axis=0)
+            truth = read_volume(case.label, kind="label").array
+            sizes = [(int(np.count_nonzero((pred == k) & (truth == k))), int(np.count_nonzero(pred == k)),
+                      int(np.count_nonzero(truth == k))) for k in (1, 2)]
+            per_case.append([1.0 if p + t == 0 else 2 * both / (p + t) for both, p, t in sizes])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(per_case) == 2
+    return np.mean(per_case, axis=0).tolist()
 
 
 def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
@@ -19,12 +46,17 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
     assert "test Dice" in r.stdout
     rounds = json.loads((tmp_path / "rounds.json").read_text())
     assert [x["labels"] for x in rounds] == [2, 4]
-    assert all(0.0 <= x["test_dice"] <= 1.0 and len(x["test_dice_per_class"]) == 2 for x in rounds)
+    assert [x["round"] for x in rounds] == [1, 2] and all(len(x["picked"]) == 2 for x in rounds)
+    assert all(x["test_dice"] == pytest.approx(sum(x["test_dice_per_class"]) / 2, abs=1e-12) for x in rounds)
     # the loop really used the product: labels saved by the simulated annotator, two fine-tuned models
     ws = Workspace.open(out / "workspace")
     assert sorted(ws.labeled_ids()) == sorted(rounds[0]["picked"] + rounds[1]["picked"])
     assert {c.labeled_by for c in ws.cases("labeled")} == {"simulated-annotator"}
     assert [m.kind for m in ws.models()] == ["foundation", "finetuned", "finetuned"]
+    # the reported test Dice is that of each round's own model on the held-out test cases
+    for x, model in zip(rounds, ws.models()[1:]):
+        assert x["test_dice_per_class"] == pytest.approx(_test_dice(model.path, out / "data" / "test", ws.settings),
+                                                         abs=1e-6)
     # the second batch was chosen after the first was labeled: no volume picked twice
     assert not set(rounds[0]["picked"]) & set(rounds[1]["picked"])
     # a second demo into the same folder refuses instead of overwriting the workspace

@@ -20,7 +20,6 @@ volume's own grid ``(C, X, Y, Z)``.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +30,7 @@ from monai.inferers import sliding_window_inference
 from . import models, preprocess, query
 from .errors import ASSFTError
 from .pretext import block_mask, reconstruction_error
+from .runtime import autocast
 from .settings import Settings
 
 
@@ -154,12 +154,6 @@ def _device(network: torch.nn.Module) -> torch.device:
     return next(iter(network.parameters()), torch.empty(0)).device
 
 
-def _autocast(device: torch.device, settings: Settings):
-    if device.type == "cuda" and settings.amp:
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def _flips(settings: Settings) -> list[tuple[int, ...]]:
     """Spatial tensor dims to flip for each test-time augmentation; ``()`` is the identity."""
     return [(), (2,), (3,), (4,)] if settings.tta_flips else [()]
@@ -215,7 +209,7 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
 
     network.eval()
     try:
-        with torch.inference_mode(), _autocast(device, settings):
+        with torch.inference_mode(), autocast(device, settings.amp):
             probs_sum = None
             for dims in _flips(settings) if with_probs else [()]:
                 rec.active = dims == ()
@@ -289,7 +283,7 @@ def pretext_divergence(foundation: "models.LoadedModel", volume, settings: Setti
     mask = block_mask(image.shape, torch.Generator().manual_seed(settings.seed), settings.pretext_mask_block,
                       settings.pretext_mask_ratio).to(device)
     pretext.network.eval()
-    with torch.inference_mode(), _autocast(device, settings):
+    with torch.inference_mode(), autocast(device, settings.amp):
         recon = sliding_window_inference(image * (1.0 - mask), window_size(pretext.spec, image.shape[2:]),
                                          settings.sw_batch_size,
                                          lambda x: pretext.network(x).float(), overlap=settings.sw_overlap,

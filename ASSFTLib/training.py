@@ -32,9 +32,10 @@ from monai.networks import one_hot
 from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from torch import nn
 
-from . import ssft
+from . import runtime, ssft
 from .pretext import block_mask, pretext_loss, reconstruction_spec
 from .pseudo import accepted_pseudo_labels, select_round_pseudo
+from .runtime import autocast, grad_scaler
 from .errors import (ASSFTError, CheckpointError, GeometryError, JobCancelled, LabelError, VolumeError,
                      WorkspaceError)
 from .settings import Settings
@@ -146,19 +147,6 @@ class MaskedDiceCELoss(nn.Module):
         return self.dice(logits, onehot, mask=weight) + ce
 
 
-# ============================================================================ devices
-def _autocast(device: str, settings: Settings):
-    """Mixed precision on CUDA when ``settings.amp`` (bfloat16 where supported, else float16)."""
-    enabled = device.startswith("cuda") and settings.amp
-    dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=enabled)
-
-
-def _grad_scaler(device: str, settings: Settings) -> torch.amp.GradScaler:
-    fp16 = device.startswith("cuda") and settings.amp and not torch.cuda.is_bf16_supported()
-    return torch.amp.GradScaler("cuda", enabled=fp16)
-
-
 # ============================================================================ resumable state
 def save_state(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                step: int, plan: dict) -> None:
@@ -254,7 +242,7 @@ def _segmentation_steps(network: nn.Module, labeled: Sequence[TrainCase], pseudo
         lam = (ssft.pseudo_weight(step, total, settings.pseudo_weight_max, settings.pseudo_ramp_fraction)
                if pseudo else 0.0)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, settings):
+        with autocast(device, settings.amp):
             logits = network(batch["image"])
         logits = logits.float()
         loss = sup_loss(logits[:n_sup], batch["label"][:n_sup])
@@ -396,10 +384,7 @@ def finetune_round(workspace, settings: Settings | None = None, progress: Progre
     job_dir.mkdir(parents=True, exist_ok=True)
     state_path = job_state_path(job_dir)
     saved = load_state(state_path) if resume else None
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    torch.manual_seed(settings.seed)
-    device = settings.resolved_device()
+    device = runtime.prepare(settings)
 
     start = _start_model(ws, settings, device)
     if saved is not None and saved["plan"]["source_checksum"] != start.source_checksum:
@@ -484,7 +469,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: dict | None, devi
 
     freeze = settings.finetune_mode == "frozen_encoder"
     optimizer = _optimizer(network, encoder_parameter_names(network, spec), settings, freeze)
-    scaler = _grad_scaler(device, settings)
+    scaler = grad_scaler(device, settings.amp)
     first = restore_state(saved, network, optimizer, scaler)
     frozen = encoder_module_names(network, spec) if freeze else ()
     loss = _segmentation_steps(network, labeled, pseudo, optimizer, scaler, settings, device, first, state_path,
@@ -545,10 +530,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise ASSFTError("no volumes to pretrain on", hint="pass volume files or a folder of them")
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    torch.manual_seed(settings.seed)
-    device = settings.resolved_device()
+    device = runtime.prepare(settings)
     spec = reconstruction_spec(settings.patch_size)
     prep = default_preprocessing()
     images = []
@@ -562,7 +544,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
 
     network = build_network(spec).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scaler = _grad_scaler(device, settings)
+    scaler = grad_scaler(device, settings.amp)
     plan = {"volumes": [str(p) for p in paths], "out_path": str(out_path)}
     first = restore_state(saved, network, optimizer, scaler)
     total = settings.steps
@@ -577,7 +559,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
         image = batch["image"].to(device)
         mask = block_mask(image.shape, generator, settings.pretext_mask_block, settings.pretext_mask_ratio).to(device)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, settings):
+        with autocast(device, settings.amp):
             loss = pretext_loss(network, image, mask)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

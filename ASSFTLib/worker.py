@@ -205,9 +205,8 @@ def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool
     try:
         with _warnings_as_events(emit), Workspace.open(args.workspace) as ws, workspace_lock(ws):
             settings = _settings_for(ws, args)
-            if settings.num_threads:
-                import torch
-                torch.set_num_threads(settings.num_threads)
+            from .runtime import set_threads
+            set_threads(settings.num_threads)
             result = RUNNERS[args.kind](ws, settings, args, progress, should_stop)
     except JobCancelled as exc:
         resumable = job_state_path(args.job_dir).exists()

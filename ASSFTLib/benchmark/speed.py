@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..runtime import autocast
 from ..settings import Settings
 from . import provenance, write_json
 
@@ -146,7 +147,7 @@ def plain_passes(model, volume, settings: Settings, passes: int) -> np.ndarray:
     image = image.to(device)
     net = model.network.eval()
     acc = None
-    with torch.inference_mode(), _autocast(device, settings):
+    with torch.inference_mode(), autocast(device, settings.amp):
         for _ in range(passes):
             p = sliding_window_inference(image, window_size(model.spec, image.shape[2:]), settings.sw_batch_size,
                                          lambda x: torch.softmax(net(x).float(), 1),
@@ -170,7 +171,7 @@ def monai_label_epistemic(model, volume, settings: Settings, passes: int = MC_PA
     enable_mc_dropout(model.network)
     try:
         acc = None
-        with torch.inference_mode(), _autocast(device, settings):
+        with torch.inference_mode(), autocast(device, settings.amp):
             for _ in range(passes):
                 p = sliding_window_inference(image, window_size(model.spec, image.shape[2:]), settings.sw_batch_size,
                                              lambda x: torch.softmax(model.network(x).float(), 1),
@@ -180,13 +181,6 @@ def monai_label_epistemic(model, volume, settings: Settings, passes: int = MC_PA
         model.network.eval()
     mean = np.asarray(restore((acc[0] / passes).float().cpu().numpy()))
     return float(normalized_entropy(mean).mean())
-
-
-def _autocast(device, settings: Settings):
-    import contextlib
-    if torch.device(device).type == "cuda" and settings.amp:
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------

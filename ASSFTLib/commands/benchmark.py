@@ -64,8 +64,8 @@ def _size(text: str) -> tuple[int, int, int] | None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-    torch.set_num_threads(max(1, args.threads))
+    from ..runtime import set_threads
+    set_threads(max(1, args.threads))
     from ..settings import Settings
     command = ["assft", *sys.argv[1:]]
     if args.benchmark == "speed":

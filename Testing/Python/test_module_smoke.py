@@ -1,4 +1,4 @@
-"""Smoke test of the Slicer module file ASSFT/ASSFT.py outside Slicer.
+"""Smoke test of the Slicer module (ASSFT/ASSFT.py and its ASSFT/ASSFTModuleLib/) outside Slicer.
 
 Stand-ins: ONLY the names slicer-core lacks, i.e. the ``qt`` module and
 ``slicer.ScriptedLoadableModule`` (its four base classes, reduced to what their
@@ -25,7 +25,10 @@ if not hasattr(slicer, "vtkMRMLScene"):
 from ASSFTLib import mrml  # noqa: E402
 from ASSFTLib.jobs import describe_event  # noqa: E402
 
-MODULE_FILE = Path(__file__).resolve().parents[2] / "ASSFT" / "ASSFT.py"
+MODULE_DIR = Path(__file__).resolve().parents[2] / "ASSFT"
+MODULE_FILE = MODULE_DIR / "ASSFT.py"
+#: The module's own package; Slicer puts the module's folder on sys.path, the fixture does the same.
+MODULE_PACKAGE = "ASSFTModuleLib"
 
 
 def _stand_ins() -> dict[str, types.ModuleType]:
@@ -59,12 +62,16 @@ def _stand_ins() -> dict[str, types.ModuleType]:
 def module():
     saved = {name: sys.modules.get(name) for name in ("qt", "slicer.ScriptedLoadableModule")}
     sys.modules.update(_stand_ins())
+    sys.path.insert(0, str(MODULE_DIR))
     try:
         spec = importlib.util.spec_from_file_location("ASSFT", MODULE_FILE)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         yield mod
     finally:
+        sys.path.remove(str(MODULE_DIR))
+        for name in [n for n in sys.modules if n == MODULE_PACKAGE or n.startswith(MODULE_PACKAGE + ".")]:
+            del sys.modules[name]  # built on the stand-ins: never reused by another test
         for name, value in saved.items():
             if value is None:
                 sys.modules.pop(name, None)
@@ -94,6 +101,43 @@ def test_module_declares_itself(module):
     assert module.ASSFTLogic(scene=mrml.standalone_scene().scene).moduleName == "ASSFT"
 
 
+_LOAD_WITHOUT = """
+import importlib.abc, importlib.util, sys
+BLOCKED = set(sys.argv[1].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("not installed here: " + name)
+        return None
+
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import test_module_smoke as t
+from ASSFTLib import mrml
+sys.modules.update(t._stand_ins())
+spec = importlib.util.spec_from_file_location("ASSFT", t.MODULE_FILE)
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+logic = mod.ASSFTLogic(scene=mrml.standalone_scene().scene)
+assert logic.getParameterNode().budget == 2
+print("loaded;", ",".join(sorted(n for n in sys.modules if n.split(".")[0] in BLOCKED)) or "none of them imported")
+"""
+
+
+def test_module_loads_before_its_dependencies_are_installed(module):
+    """The panel must load without torch, MONAI, nibabel and tqdm: it is what offers to install them."""
+    import subprocess
+
+    requirements = sys.modules[MODULE_PACKAGE + ".install"].REQUIREMENTS
+    assert {"torch", "monai", "nibabel"} <= set(requirements)
+    blocked = ",".join(sorted(set(requirements) | {"SimpleITK"}))
+    done = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT, blocked, str(Path(__file__).parent), str(MODULE_DIR)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("loaded; none of them imported"), done.stdout
+
+
 def test_parameters_are_typed_and_stored_in_the_scene(module, logic):
     params = logic.getParameterNode()
     assert params.budget == 2 and params.prefill is True  # defaults before anything is stored
@@ -110,21 +154,21 @@ def test_parameters_are_typed_and_stored_in_the_scene(module, logic):
 
 
 def test_workspace_without_model_has_an_empty_worklist_that_says_why(logic, workspace_folder):
-    summary = logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    summary = logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
     assert "3 cases" in summary
-    node, message = logic.updateWorklist()
+    node, message = logic.worklist.update()
     assert node.IsA("vtkMRMLTableNode") and node.GetNumberOfRows() == 0
     assert "model" in message.lower()
-    assert logic.nextCase() is None
-    logic.closeWorkspace()
+    assert logic.worklist.nextCase() is None
+    logic.session.close()
 
 
 def test_label_round_trip_through_a_segmentation(logic, workspace_folder):
     from ASSFTLib.volumes import read_volume
 
-    logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
     case_id = logic.workspace.unlabeled_ids()[0]
-    image_node, seg_node, source = logic.loadCase(case_id, prefill=True)  # no model: starts empty
+    image_node, seg_node, source = logic.labeling.loadCase(case_id, prefill=True)  # no model: starts empty
     assert source == "empty"
     image = read_volume(logic.workspace.image_path(case_id))
     np.testing.assert_allclose(mrml.node_affine(image_node), image.affine, atol=1e-6)
@@ -133,33 +177,33 @@ def test_label_round_trip_through_a_segmentation(logic, workspace_folder):
     label[3:9, 4:12, 2:7] = 1
     mrml.segmentation_from_labelmap(logic.scene, label, image.affine, logic.workspace.classes,
                                     reference_node=image_node, node=seg_node)  # what painting does
-    path = logic.saveCurrentLabel(user="pytest")
+    path = logic.labeling.saveCurrentLabel(user="pytest")
     np.testing.assert_array_equal(read_volume(path, kind="label").array, label)
     assert case_id in logic.workspace.labeled_ids()
 
     # loading it again starts from the saved label
-    _, seg_node2, source2 = logic.loadCase(case_id)
+    _, seg_node2, source2 = logic.labeling.loadCase(case_id)
     assert "from" in source2
     back, _ = mrml.labelmap_from_segmentation(seg_node2, image_node, len(logic.workspace.classes))
     np.testing.assert_array_equal(back, label)
-    logic.closeWorkspace()
+    logic.session.close()
 
 
 def test_saving_without_a_loaded_case_is_a_clear_error(logic, workspace_folder):
     from ASSFTLib.errors import ASSFTError
 
     with pytest.raises(ASSFTError, match="no workspace"):
-        logic.updateWorklist()
-    logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+        logic.worklist.update()
+    logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
     with pytest.raises(ASSFTError, match="no case is loaded"):
-        logic.saveCurrentLabel()
-    logic.closeWorkspace()
+        logic.labeling.saveCurrentLabel()
+    logic.session.close()
 
 
 def test_job_poller_against_a_real_worker(logic, workspace_folder):
     """A score job on a workspace without a model fails; the panel polls until the process exits."""
-    logic.createWorkspace(str(workspace_folder / "ws"), str(workspace_folder / "data"))
-    job = logic.startJob("score")
+    logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
+    job = logic.jobs.start("score")
     events, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline:
         events += job.poll()  # what the QTimer does; never blocks
@@ -172,7 +216,7 @@ def test_job_poller_against_a_real_worker(logic, workspace_folder):
     error = next(e for e in events if e["event"] == "error")
     shown = describe_event(error)["text"]
     assert shown.startswith("Failed:") and len(shown) > len("Failed: ")
-    logic.closeWorkspace()
+    logic.session.close()
 
 
 def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
@@ -183,7 +227,7 @@ def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
 
     data = synthetic.make_dataset(tmp_path / "data", 4, ("clean", "bias_contrast"), shape=(20, 24, 18),
                                   with_labels=False)
-    logic.createWorkspace(str(tmp_path / "ws"), str(data))
+    logic.session.create(str(tmp_path / "ws"), str(data))
     ws = logic.workspace
     torch.manual_seed(0)
     spec = models.default_spec(ws.classes, patch_size=(16, 16, 16))
@@ -196,44 +240,44 @@ def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
                                          distance_percentile=100.0))
     scoring.score_cases(ws)
 
-    logic.updateSettings(budget=1)
+    logic.session.updateSettings(budget=1)
     assert ws.settings.budget == 1
-    node, message = logic.updateWorklist()
-    ids = logic.worklistCaseIds()
+    node, message = logic.worklist.update()
+    ids = logic.worklist.caseIds()
     assert sorted(ids) == sorted(ws.unlabeled_ids()) and node.GetNumberOfRows() == 3
     assert "3 unlabeled volumes ranked" in message
-    assert logic.nextCase() == ids[0] and logic.nextCase(after=ids[0]) == ids[1]
-    assert logic.nextCase(after=ids[-1]) is None
+    assert logic.worklist.nextCase() == ids[0] and logic.worklist.nextCase(after=ids[0]) == ids[1]
+    assert logic.worklist.nextCase(after=ids[-1]) is None
 
-    _, seg_node, source = logic.loadCase(ids[0], prefill=True)
+    _, seg_node, source = logic.labeling.loadCase(ids[0], prefill=True)
     assert "prediction" in source
-    prefilled, _ = mrml.labelmap_from_segmentation(seg_node, logic._imageNode, len(ws.classes))
+    prefilled, _ = mrml.labelmap_from_segmentation(seg_node, logic.labeling.imageNode, len(ws.classes))
     assert prefilled.shape == (20, 24, 18) and prefilled.max() < len(ws.classes)
 
-    rows, message = logic.pseudoCandidates()
+    rows, message = logic.qa.candidates()
     assert rows and {"case_id", "confidence", "distance", "qa"} <= set(rows[0])
     assert "synth_000" not in {r["case_id"] for r in rows}
     case_id = rows[0]["case_id"]
-    _, overlay = logic.showPseudoLabel(case_id)
-    assert logic.pseudoLabelPath(case_id).exists()
-    logic.setOverlayDisplay(0.2, fill=False, outline=True)
+    _, overlay = logic.qa.showPseudoLabel(case_id)
+    assert logic.qa.pseudoLabelPath(case_id).exists()
+    logic.qa.setOverlayDisplay(0.2, fill=False, outline=True)
     assert mrml.overlay_display(overlay) == {"opacity": pytest.approx(0.2), "fill": False, "outline": True}
 
-    logic.setQA(case_id, "rejected")
-    rows_after, _ = logic.pseudoCandidates()
+    logic.qa.setQA(case_id, "rejected")
+    rows_after, _ = logic.qa.candidates()
     assert case_id not in {r["case_id"] for r in rows_after}  # a rejected volume is never pseudo-labeled
-    logic.closeWorkspace()
+    logic.session.close()
 
 
 def test_worklist_before_the_first_score_asks_for_scoring(logic, tmp_path):
     from ASSFTLib import models, synthetic
 
     data = synthetic.make_dataset(tmp_path / "data", 3, ("clean",), shape=(20, 24, 18), with_labels=False)
-    logic.createWorkspace(str(tmp_path / "ws"), str(data))
+    logic.session.create(str(tmp_path / "ws"), str(data))
     spec = models.default_spec(logic.workspace.classes, patch_size=(16, 16, 16))
     models.save_checkpoint(tmp_path / "m.pt", models.build_network(spec), spec)
     logic.workspace.register_model(tmp_path / "m.pt", kind="foundation")
-    node, message = logic.updateWorklist()
+    node, message = logic.worklist.update()
     assert node.GetNumberOfRows() == 0
     assert "not scored yet" in message
-    logic.closeWorkspace()
+    logic.session.close()

@@ -1,4 +1,7 @@
-"""The .ui contract: every widget ASSFT.py uses exists in ASSFT.ui, with the class the code assumes.
+"""The .ui contract: every widget the module uses exists in ASSFT.ui, with the class the code assumes.
+
+The widget names are read from every Python file of the module folder (the panel
+is ASSFT/ASSFT.py; ASSFT/ASSFTModuleLib/ holds the logic and must not touch Qt).
 
 The .ui is loaded with PySide6 offscreen (QUiLoader).  Slicer-only classes (ctk*,
 qMRML*) fall back to QWidget with a warning, but object names survive, so the
@@ -15,7 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE_FILE = ROOT / "ASSFT" / "ASSFT.py"
+MODULE_DIR = ROOT / "ASSFT"
+MODULE_FILE = MODULE_DIR / "ASSFT.py"
+#: The panel's state: the parameter node's fields and their defaults.
+PARAMETERS_FILE = MODULE_DIR / "ASSFTModuleLib" / "parameters.py"
 UI_FILE = ROOT / "ASSFT" / "Resources" / "UI" / "ASSFT.ui"
 
 
@@ -28,9 +34,14 @@ def _bindings() -> list[tuple[str, str, str, str]]:
     raise AssertionError("ASSFT.py has no BINDINGS table")
 
 
+def _module_files() -> list[Path]:
+    """The module's Python files: the module file and its package."""
+    return sorted(MODULE_DIR.rglob("*.py"))
+
+
 def _names_used_by_module() -> set[str]:
     """Widget names the module reads: ``self.ui.<name>``, getattr(self.ui, "<name>") and BINDINGS."""
-    source = MODULE_FILE.read_text()
+    source = "\n".join(path.read_text() for path in _module_files())
     names = set(re.findall(r"self\.ui\.([A-Za-z_]\w*)", source))
     names |= {row[0] for row in _bindings()}
     names |= set(re.findall(r'getattr\(self\.ui,\s*"(\w+)"\)', source))
@@ -55,7 +66,23 @@ def test_module_names_are_found_by_the_parser():
 
 def test_every_used_widget_is_in_the_ui_file():
     missing = sorted(_names_used_by_module() - set(_ui_widgets()))
-    assert not missing, f"ASSFT.py uses widgets that ASSFT.ui lacks: {missing}"
+    assert not missing, f"the module uses widgets that ASSFT.ui lacks: {missing}"
+
+
+def test_only_the_panel_touches_qt():
+    """Qt stays in the module file; its package (logic, one file per concern) neither imports Qt nor uses widgets."""
+    files = _module_files()
+    assert MODULE_FILE in files and len(files) > 2
+    assert re.search(r"^import qt$", MODULE_FILE.read_text(), flags=re.M)
+    for path in files:
+        if path == MODULE_FILE:
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"qt", "ctk", "PythonQt", "PySide2", "PySide6", "PyQt5"}, path
+        assert "self.ui." not in path.read_text(), path
 
 
 def test_widget_classes_match_what_the_code_calls():
@@ -107,7 +134,7 @@ def test_ui_loads_offscreen_with_every_name():
 
 def test_parameter_defaults_agree_with_the_ui():
     """The parameter node's defaults are what the .ui shows before any state is stored."""
-    source = MODULE_FILE.read_text()
+    source = PARAMETERS_FILE.read_text()
     body = source[source.index("class ASSFTParameterNode:"):source.index("PARAMETER_DEFAULTS")]
     defaults = dict(re.findall(r"^\s+(\w+): \w+ = (.+)$", body, flags=re.M))
     root = ET.parse(UI_FILE).getroot()

@@ -10,6 +10,12 @@ background worker): every write is a short ``BEGIN IMMEDIATE`` transaction
 with a generous busy timeout, files are written atomically, and long jobs take
 an exclusive :meth:`Workspace.job_lock` so that two workers never train on one
 workspace at once.
+
+``Workspace`` is assembled from one part per concern: ``schema`` (connection,
+numbered migrations, write transactions), ``cases`` (cases and labels),
+``models`` (model registry), ``scores`` (score cache), ``rounds`` (rounds and
+QA), ``locking`` (job lock, mending after a killed job); ``paths`` says where
+every file lives and ``records`` what callers get back.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from .models import ModelsMixin
 from .paths import WorkspacePaths
 from .records import Case, ModelVersion, Round, now
 from .rounds import RoundsMixin
-from .schema import SCHEMA, SCHEMA_VERSION, connect
+from .schema import META_SCHEMA_VERSION, apply_migrations, connect, migrate
 from .scores import ScoresMixin
 
 __all__ = ["Case", "ModelVersion", "Round", "Workspace", "WorkspacePaths"]
@@ -42,11 +48,15 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
             raise WorkspaceError("not an ASSFT workspace (no assft.db)", path=self.folder,
                                  hint="create one with `assft init WORKSPACE --dataset FOLDER`")
         self._conn = connect(db)
-        version = self._meta("schema_version")
-        if version is None or int(version) > SCHEMA_VERSION:
-            raise WorkspaceError(f"workspace schema version {version} is not supported by this ASSFT "
-                                 f"(expects {SCHEMA_VERSION})", path=db, hint="upgrade ASSFT")
-        self._add_missing_columns()
+        try:
+            version = self._meta("schema_version")
+            if version is None or int(version) > META_SCHEMA_VERSION:
+                raise WorkspaceError(f"workspace schema version {version} is not supported by this ASSFT "
+                                     f"(expects {META_SCHEMA_VERSION})", path=db, hint="upgrade ASSFT")
+            migrate(self._conn, db)
+        except BaseException:
+            self._conn.close()
+            raise
 
     # ------------------------------------------------------------------ setup
 
@@ -79,9 +89,9 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         db = paths.db
         conn = connect(db)
         try:
-            conn.executescript(SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
-            meta = {"schema_version": str(SCHEMA_VERSION), "created_at": now(),
+            apply_migrations(conn, db)
+            meta = {"schema_version": str(META_SCHEMA_VERSION), "created_at": now(),
                     "dataset": str(Path(dataset).resolve()) if dataset else "",
                     "classes": json.dumps(classes),
                     "import_problems": json.dumps([{"path": str(p.path), "message": p.message} for p in problems])}

@@ -10,21 +10,24 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Tuple
 
 from ..errors import WorkspaceError
 from .paths import WorkspacePaths
 
-SCHEMA_VERSION = 1
+#: Meta ``schema_version`` as the first releases wrote it; they refuse a workspace above it.  A
+#: migration those releases could not read must raise it (the steps so far only add).
+META_SCHEMA_VERSION = 1
 
-SCHEMA = """
+# Step 1: the schema of the first release.
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
     case_id TEXT PRIMARY KEY,
     image_path TEXT NOT NULL,
     reference_label TEXT,            -- the dataset's own label file, if any (never written)
     label_path TEXT,                 -- the current label in use, if any
-    status TEXT NOT NULL DEFAULT 'unlabeled',   -- unlabeled | labeled | error
+    status TEXT NOT NULL DEFAULT 'unlabeled',   -- unlabeled | labeled
     labeled_by TEXT,
     labeled_at TEXT,
     error TEXT,
@@ -57,8 +60,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     finished_at TEXT,
     params TEXT NOT NULL DEFAULT '{}',
     metrics TEXT NOT NULL DEFAULT '{}',
-    model_id INTEGER,
-    pid INTEGER                      -- the process running it, to tell an interrupted round
+    model_id INTEGER
 );
 CREATE TABLE IF NOT EXISTS scores (
     case_id TEXT NOT NULL,
@@ -78,6 +80,74 @@ CREATE TABLE IF NOT EXISTS qa (
     at TEXT NOT NULL
 );
 """
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    for statement in _TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _add_round_pid(conn: sqlite3.Connection) -> None:
+    """Step 2: ``rounds.pid``, the process running a round, to tell an interrupted one.
+
+    Workspaces of the releases before numbered migrations (``user_version`` 0)
+    may already have it: those created after it was added to the schema.
+    """
+    if "pid" not in {r["name"] for r in conn.execute("PRAGMA table_info(rounds)")}:
+        conn.execute("ALTER TABLE rounds ADD COLUMN pid INTEGER")
+
+
+#: Numbered migrations: step ``n`` (1-based) brings a database at ``user_version`` n-1 to n.
+#: Append new steps; never edit or reorder old ones.
+MIGRATIONS: Tuple[Callable[[sqlite3.Connection], None], ...] = (_create_tables, _add_round_pid)
+#: The ``PRAGMA user_version`` this code writes and knows how to read.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def apply_migrations(conn: sqlite3.Connection, db: Path) -> None:
+    """Run the steps after the database's ``user_version``; the caller holds a write transaction."""
+    version = user_version(conn)
+    _refuse_newer(version, db)
+    for step in MIGRATIONS[version:]:
+        step(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+
+def migrate(conn: sqlite3.Connection, db: Path) -> None:
+    """Bring an existing database up to :data:`SCHEMA_VERSION` in one write transaction.
+
+    Safe when several processes open one old workspace at once: each waits
+    for the write lock and reads the version again under it, so the steps
+    run once; a failed step rolls back and leaves the database as it was.
+    A database newer than this code is refused with a :class:`WorkspaceError`.
+    """
+    try:
+        version = user_version(conn)
+        _refuse_newer(version, db)
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply_migrations(conn, db)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise WorkspaceError(f"workspace database cannot be upgraded to schema {SCHEMA_VERSION}: {exc}", path=db,
+                             hint="another program may hold it, or the disk is full; nothing was changed") from exc
+
+
+def _refuse_newer(version: int, db: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise WorkspaceError(f"workspace was written by a newer ASSFT (database schema {version}; this ASSFT "
+                             f"knows up to {SCHEMA_VERSION})", path=db, hint="upgrade ASSFT to open it")
 
 
 def connect(db: Path) -> sqlite3.Connection:
@@ -101,15 +171,6 @@ class DatabaseMixin:
     folder: Path
     paths: WorkspacePaths
     _conn: sqlite3.Connection
-
-    def _add_missing_columns(self) -> None:
-        """Columns added since schema version 1 was first written (additive, so old workspaces open)."""
-        def has_pid() -> bool:
-            return "pid" in {r["name"] for r in self._conn.execute("PRAGMA table_info(rounds)")}
-        if not has_pid():
-            with self._write() as c:
-                if not has_pid():  # another process may have added it while we waited for the lock
-                    c.execute("ALTER TABLE rounds ADD COLUMN pid INTEGER")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

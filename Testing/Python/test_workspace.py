@@ -216,12 +216,85 @@ def test_workspace_written_before_the_pid_column_opens_and_runs_rounds(synthetic
     Workspace.create(tmp_path / "ws", dataset=synthetic_dataset).close()
     conn = sqlite3.connect(tmp_path / "ws" / "assft.db")
     conn.execute("ALTER TABLE rounds DROP COLUMN pid")  # as written by the first release of schema 1
+    conn.execute("PRAGMA user_version = 0")  # which had no numbered migrations
     conn.commit()
     conn.close()
     ws = Workspace.open(tmp_path / "ws")
     rid = ws.start_round("train")
     ws.finish_round(rid)
     assert ws.rounds()[0].status == "finished"
+
+
+def _as_before_migrations(db: Path, with_pid: bool) -> None:
+    """Make ``db`` look as the releases before numbered migrations left it (user_version 0)."""
+    import sqlite3
+    conn = sqlite3.connect(db)
+    if not with_pid:
+        conn.execute("ALTER TABLE rounds DROP COLUMN pid")
+    conn.execute("PRAGMA user_version = 0")
+    conn.commit()
+    conn.close()
+
+
+def _schema_of(db: Path) -> tuple[int, dict]:
+    import sqlite3
+    conn = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                             "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        columns = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+        return conn.execute("PRAGMA user_version").fetchone()[0], columns
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("with_pid", [False, True])
+def test_old_workspace_is_migrated_to_the_schema_of_a_new_one(synthetic_dataset, tmp_path, with_pid):
+    """Concurrent openers of a pre-migration workspace (with or without rounds.pid) all succeed; the result
+    has the schema a new workspace gets, and keeps its cases, labels, rounds and settings."""
+    from ASSFTLib.workspace.schema import SCHEMA_VERSION
+    fresh = Workspace.create(tmp_path / "fresh", dataset=synthetic_dataset)
+    fresh.close()
+    expected = _schema_of(fresh.paths.db)
+    assert expected[0] == SCHEMA_VERSION >= 2 and expected[1]["rounds"][-1] == "pid"
+    old = Workspace.create(tmp_path / "old", dataset=synthetic_dataset)
+    old_round = old.start_round("train")
+    old.finish_round(old_round, metrics={"dice": 0.5})
+    cases_before = old.cases()
+    old.close()
+    _as_before_migrations(old.paths.db, with_pid)
+    assert _schema_of(old.paths.db)[0] == 0
+    opener = ("import sys\nfrom ASSFTLib.workspace import Workspace\n"
+              "ws = Workspace.open(sys.argv[1]); ws.start_round('score'); print(len(ws.cases()))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", opener, str(old.folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert out.strip() == str(len(cases_before))
+    assert _schema_of(old.paths.db) == expected
+    ws = Workspace.open(old.folder)
+    assert ws.cases() == cases_before
+    rounds = ws.rounds()
+    assert [r.kind for r in rounds] == ["train"] + ["score"] * 4
+    assert rounds[0].status == "finished" and rounds[0].metrics == {"dice": 0.5}
+    assert ws.reap_interrupted_rounds() == [r.id for r in rounds[1:]]  # their processes ended: pid was recorded
+
+
+def test_workspace_from_a_newer_assft_is_refused(synthetic_dataset, tmp_path):
+    import sqlite3
+    from ASSFTLib.workspace.schema import SCHEMA_VERSION
+    Workspace.create(tmp_path / "ws", dataset=synthetic_dataset).close()
+    conn = sqlite3.connect(tmp_path / "ws" / "assft.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(WorkspaceError, match=f"newer ASSFT .*schema {SCHEMA_VERSION + 1}") as err:
+        Workspace.open(tmp_path / "ws")
+    assert "upgrade ASSFT" in str(err.value) and "assft.db" in str(err.value)
+    conn = sqlite3.connect(tmp_path / "ws" / "assft.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1  # left as it was
+    conn.close()
 
 
 def test_every_subcommand_has_help():

@@ -1,0 +1,121 @@
+"""Label efficiency on real data: ``hippo-multisite`` and ``hippo-plain`` (BENCHMARK.md).
+
+The package: :mod:`.protocol` (constants, arms, profiles, split, target data),
+:mod:`.rounds` (one (setting, seed) unit, resumable), :mod:`.summary` (means over
+seeds, the table); :func:`run` here ties them together.
+
+A simulated annotator runs the product's own loop: a :class:`~ASSFTLib.workspace.Workspace`
+over the target pool (dataset labels kept only as hidden reference labels),
+:func:`ASSFTLib.scoring.score_cases` + :func:`ASSFTLib.scoring.rank_cases` to
+pick the next volumes, :meth:`Workspace.save_label` with the reference label,
+and :func:`ASSFTLib.training.finetune_round` to adapt the model.  After each
+round the current model is evaluated on held-out test cases with
+:func:`ASSFTLib.inference.predict_probs`.
+
+Protocol (fixed in code, written to the result file):
+
+- split: the MSD cases, sorted by id, are permuted with :data:`SPLIT_SEED`
+  into source 60 / target pool 120 / target test 40;
+- scanner profiles: pool and test cases are each assigned, in exact
+  proportions 60/30/10 % (largest remainder), to three scanners by a second
+  permutation; each scanner applies one fixed :mod:`ASSFTLib.synthetic` shift
+  to the image only (:data:`SCANNERS`); ``plain`` applies none.  The shifted
+  images are written once, with the original geometry, to ``<out>/cache``;
+- foundation model: the project's own self-supervised
+  :func:`ASSFTLib.training.pretrain` on the 60 source images (no labels),
+  one per seed, cached and shared by both settings;
+- budget: a cold-start round of ``b = 2`` labels, then rounds of ``b = 2`` up
+  to 10 labels; the all-labels upper bound fine-tunes on all 120 pool labels
+  for as many steps as a strategy gets over all its rounds;
+- the cold-start round is computed once per distinct cold-start rule and
+  replayed (same labels, same checkpoint, same cached scores) into each
+  strategy's workspace: strategies that need a segmentation head (entropy,
+  BALD, ASD) start like random, ATSQ and ATSQ+SSFT start like DKD (SPEC.md:
+  cold start uses DKD only), core-set starts with its own rule.  No SSFT in the
+  cold round: there are no labeled volumes to compare with before it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ...settings import Settings
+from .. import provenance, write_json
+from .protocol import (EVAL_CLASSES, PROFILES, SCANNERS, SETTINGS, SPLIT_SEED, SPLIT_SIZES, STRATEGIES,
+                       TABLE_LABELS, TARGET_FRACTION, Prepared, Profile, Split, Strategy, TargetCase, arms,
+                       assign_scanners, make_split, prepare, write_target_folder, _dataset_cases)
+from .rounds import (RunConfig, annotate, cold_start, pretrained_model, pseudo_quality, query_round, run_strategy,
+                     run_unit, summarize_dice, upper_bound, _read_unit)
+from .summary import curve, format_table, summarize
+
+__all__ = ["EVAL_CLASSES", "PROFILES", "SCANNERS", "SETTINGS", "SPLIT_SEED", "SPLIT_SIZES", "STRATEGIES",
+           "TABLE_LABELS", "TARGET_FRACTION", "Prepared", "Profile", "RunConfig", "Split", "Strategy", "TargetCase",
+           "annotate", "arms", "assign_scanners", "cold_start", "curve", "format_table", "make_split", "prepare",
+           "pretrained_model", "pseudo_quality", "query_round", "run", "run_strategy", "run_unit", "summarize",
+           "summarize_dice", "upper_bound", "write_target_folder"]
+
+
+def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] = SETTINGS,
+        test_data: Path | None = None, base: Settings | None = None, jobs: int = 1,
+        progress: Callable[[str], None] = print, command: list[str] | None = None,
+        results: Path | None = None, report_only: bool = False) -> dict:
+    """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
+
+    out: the working folder (image cache, foundation models, workspaces, one
+    JSON per finished (setting, seed) unit, so a rerun resumes); results:
+    where the result files go (default ``out``).  Returns the result dict.
+    ``jobs > 1`` runs (setting, seed) units in that many processes.
+    report_only: run nothing; summarise the units (finished or partial) already in ``out``.
+    """
+    from ..plotting import plot_label_efficiency
+    out = Path(out)
+    base = (base or Settings()).replace(use_ssft=False, kfold_min_labels=0, patch_size=profile.patch_size)
+    all_ids = sorted(_dataset_cases(Path(data)))
+    split = make_split(all_ids, profile.sizes)
+    cfg = RunConfig(out, profile, base, progress)
+    started, prov = time.perf_counter(), provenance(command)  # the commit that runs, not the one at the end
+    prepared = {s: prepare(Path(data), out, s, split, test_data) for s in settings_names}
+    source = prepared[settings_names[0]].source_images
+    if report_only:
+        units = [u for seed in range(profile.seeds) for s in settings_names
+                 if (u := _read_unit(out / "units" / f"{s}_seed{seed}.json")) is not None]
+    elif jobs > 1:
+        # seed-major: the foundation of seed s+1 is pretrained while the units of seed s run
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = []
+            for seed in range(profile.seeds):
+                foundation = pretrained_model(cfg, seed, source)
+                futures += [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, foundation)
+                            for s in settings_names]
+            units = [f.result() for f in futures]
+    else:
+        units = [run_unit(cfg, prepared[s], seed, pretrained_model(cfg, seed, source))
+                 for seed in range(profile.seeds) for s in settings_names]
+    summary = summarize(units)
+    result = {"benchmark": "label-efficiency", "profile": asdict(profile), "settings_run": list(settings_names),
+              **prov, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "protocol": {"split_seed": SPLIT_SEED, "split_sizes": SPLIT_SIZES, "scanners": SCANNERS,
+                           "eval_classes": EVAL_CLASSES, "target_fraction": TARGET_FRACTION,
+                           "data": str(data), "test_data": str(test_data) if test_data else None,
+                           "strategies": {n: asdict(STRATEGIES[n]) for n in profile.strategies}},
+              "split": split.to_dict(), "base_settings": base.to_dict(),
+              "report_only": report_only,
+              "wall_seconds": None if report_only else time.perf_counter() - started,
+              "complete": all(u.get("upper_bound") and len(u["strategies"]) == len(profile.strategies)
+                              for u in units) and len(units) == profile.seeds * len(settings_names),
+              "summary": summary, "units": units}
+    stem = Path(results or out) / f"label_efficiency_{profile.name}"
+    write_json(stem.with_suffix(".json"), result)
+    plot_label_efficiency(summary, stem.with_suffix(".png"), title=f"label efficiency ({profile.name} profile)")
+    return result
+
+
+def _unit_in_process(out: Path, profile: Profile, base: Settings, prepared: Prepared, seed: int,
+                     foundation: Path) -> dict:
+    from ...runtime import set_threads
+    set_threads(1)
+    return run_unit(RunConfig(out, profile, base.replace(num_threads=1)), prepared, seed, foundation)

@@ -1,0 +1,102 @@
+"""Summaries of finished units: mean and spread over seeds, nAUC, labels to 95 % of the upper bound, the table."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ...metrics import labels_to_reach, normalized_auc
+from .protocol import STRATEGIES, TABLE_LABELS, TARGET_FRACTION
+
+
+def curve(strategy_result: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, test Dice) of one strategy's rounds."""
+    rounds = strategy_result["rounds"]
+    return np.array([r["labels"] for r in rounds], float), np.array([r["dice"] for r in rounds], float)
+
+
+def summarize(units: Sequence[dict]) -> dict:
+    """Per setting and strategy: mean and spread over seeds of every reported figure.
+
+    nAUC: normalised area under Dice vs labels (:func:`metrics.normalized_auc`);
+    labels_to_95: first label count reaching 95 % of the same seed's upper bound
+    (None in a seed where it is never reached; ``reached`` counts the seeds that did).
+    """
+    out: dict = {}
+    for setting in sorted({u["setting"] for u in units}):
+        mine = [u for u in units if u["setting"] == setting]
+        uppers = [u["upper_bound"]["dice"] for u in mine if u.get("upper_bound")]
+        entry = {"seeds": [u["seed"] for u in mine], "upper_bound": _mean_sd(uppers),
+                 "upper_bound_labels": max((u["upper_bound"]["labels"] for u in mine if u.get("upper_bound")),
+                                           default=None), "strategies": {}}
+        names = [n for n in STRATEGIES if any(n in u["strategies"] for u in mine)]
+        for name in names:
+            per_seed = [(u, u["strategies"][name]) for u in mine if name in u["strategies"]]
+            labels, _ = curve(per_seed[0][1])
+            dices = np.array([curve(s)[1] for _, s in per_seed])
+            nauc = [normalized_auc(*curve(s)) for _, s in per_seed]
+            reach = [labels_to_reach(*curve(s), TARGET_FRACTION * u["upper_bound"]["dice"])
+                     for u, s in per_seed if u.get("upper_bound")]
+            scanners = sorted({k for _, s in per_seed for r in s["rounds"] for k in r["dice_per_scanner"]})
+            per_scanner = {k: _mean_sd_curve([[r["dice_per_scanner"].get(k, math.nan) for r in s["rounds"]]
+                                              for _, s in per_seed]) for k in scanners}
+            pseudo = [[(r.get("pseudo") or {}).get("admitted") for r in s["rounds"]] for _, s in per_seed]
+            pseudo_dice = [[(r.get("pseudo") or {}).get("mean_dice") for r in s["rounds"]] for _, s in per_seed]
+            entry["strategies"][name] = {
+                "n_seeds": len(per_seed), "labels": labels.tolist(),
+                "dice_mean": dices.mean(axis=0).tolist(), "dice_sd": dices.std(axis=0).tolist(),
+                "dice_per_scanner": per_scanner,
+                "nauc": _mean_sd(nauc),
+                "dice_at": {str(n): _mean_sd(dices[:, labels == n].ravel().tolist()) for n in TABLE_LABELS
+                            if n in labels},
+                "labels_to_95": {"per_seed": reach, "reached": sum(r is not None for r in reach),
+                                 "mean_when_reached": _mean_or_none([r for r in reach if r is not None])},
+                "pseudo_admitted": pseudo if STRATEGIES[name].ssft else None,
+                "pseudo_mean_dice": pseudo_dice if STRATEGIES[name].ssft else None,
+            }
+        out[setting] = entry
+    return out
+
+
+def _mean_sd(values: Sequence[float]) -> dict:
+    v = np.asarray([x for x in values if x is not None], float)
+    return {"mean": float(v.mean()) if v.size else None, "sd": float(v.std()) if v.size else None, "n": int(v.size)}
+
+
+def _mean_sd_curve(rows: Sequence[Sequence[float]]) -> dict:
+    a = np.asarray(rows, float)
+    return {"mean": np.nanmean(a, axis=0).tolist(), "sd": np.nanstd(a, axis=0).tolist()}
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def format_table(summary: dict) -> str:
+    """The printed summary: nAUC, Dice at 2/4/6/10 labels and labels to 95 % of the upper bound."""
+    lines = []
+    for setting, entry in summary.items():
+        ub = entry["upper_bound"]
+        ub_text = "n/a" if ub["mean"] is None else f"{ub['mean']:.3f} ± {ub['sd']:.3f}"
+        lines.append(f"hippo-{setting}  (seeds {entry['seeds']}, upper bound with all pool labels: Dice {ub_text})")
+        head = f"  {'strategy':<12} {'nAUC':>13}" + "".join(f" {'Dice@' + str(n):>13}" for n in TABLE_LABELS)
+        lines.append(head + f" {'labels→95%UB':>14}")
+        for name, s in entry["strategies"].items():
+            row = f"  {name:<12} {_fmt(s['nauc']):>13}"
+            for n in TABLE_LABELS:
+                row += f" {_fmt(s['dice_at'].get(str(n))):>13}"
+            reach = s["labels_to_95"]
+            text = (f"{reach['mean_when_reached']:.0f} ({reach['reached']}/{s['n_seeds']})"
+                    if reach["reached"] else f"> {int(max(s['labels']))} (0/{s['n_seeds']})")
+            lines.append(row + f" {text:>14}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(stat: dict | None) -> str:
+    if not stat or stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.3f}±{stat['sd']:.3f}"
+
+

@@ -77,12 +77,25 @@ def test_summary_means_spread_auc_and_labels_to_target():
     assert "hippo-plain" in table and "random" in table and "6 (1/2)" in table
 
 
-def _check_round(r, n_scanners):
+def _check_round(r, n_scanners, test_ids=None, scanner=None):
     assert 0.0 <= r["dice"] <= 1.0
     assert len(r["dice_per_class"]) == len(le.EVAL_CLASSES)
     assert all(0.0 <= v <= 1.0 for v in r["dice_per_class"])
     assert 1 <= len(r["dice_per_scanner"]) <= n_scanners
     assert all(0.0 <= v <= 1.0 for v in r["dice_per_scanner"].values())
+    if test_ids is None:
+        return
+    # every aggregate is recomputed here from the raw per-case, per-class Dice
+    per_case = r["per_case"]
+    assert sorted(per_case) == sorted(test_ids)
+    rows = np.array([per_case[c] for c in test_ids])
+    assert rows.shape == (len(test_ids), len(le.EVAL_CLASSES))
+    assert r["dice"] == pytest.approx(rows.mean())
+    assert r["dice_per_class"] == pytest.approx(rows.mean(axis=0).tolist())
+    by_scanner = {}
+    for c in test_ids:
+        by_scanner.setdefault(scanner[c], []).append(np.mean(per_case[c]))
+    assert r["dice_per_scanner"] == pytest.approx({k: float(np.mean(v)) for k, v in by_scanner.items()})
 
 
 def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
@@ -110,7 +123,7 @@ def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
     for name, s in unit["strategies"].items():
         assert [r["labels"] for r in s["rounds"]] == labels_expected
         for r in s["rounds"]:
-            _check_round(r, len(le.SCANNERS))
+            _check_round(r, len(le.SCANNERS), on_disk["split"]["test"], on_disk["split"]["scanner"])
             assert len(r["picked"]) == profile.budget
         all_picked = [c for r in s["rounds"] for c in r["picked"]]
         assert len(set(all_picked)) == len(all_picked), "a volume was labeled twice"
@@ -124,13 +137,22 @@ def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
     # ATSQ and ASSFT replay the same DKD cold start
     assert unit["strategies"]["atsq"]["rounds"][0] == unit["strategies"]["assft"]["rounds"][0]
     ub = unit["upper_bound"]
-    assert ub["labels"] == profile.sizes["pool"] and 0.0 <= ub["dice"] <= 1.0
+    assert ub["labels"] == profile.sizes["pool"] and ub["steps"] == profile.upper_steps
+    _check_round(ub, len(le.SCANNERS), on_disk["split"]["test"], on_disk["split"]["scanner"])
 
     summary = result["summary"]["multisite"]
     for name in profile.strategies:
         s = summary["strategies"][name]
-        assert 0.0 <= s["nauc"]["mean"] <= 1.0 and s["n_seeds"] == 1
-        assert s["labels"] == labels_expected
+        assert s["n_seeds"] == 1 and s["labels"] == labels_expected
+        # the summary of one seed is that seed's raw rounds: recompute it by hand
+        x = np.array([r["labels"] for r in unit["strategies"][name]["rounds"]], float)
+        y = np.array([r["dice"] for r in unit["strategies"][name]["rounds"]])
+        assert s["dice_mean"] == pytest.approx(y.tolist()) and s["dice_sd"] == pytest.approx([0.0] * len(y))
+        trapezoid = sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
+        assert s["nauc"]["mean"] == pytest.approx(trapezoid / (x[-1] - x[0]))
+        reached = [x[i] for i in range(len(x)) if y[i] >= le.TARGET_FRACTION * ub["dice"]]
+        assert s["labels_to_95"]["per_seed"] == [reached[0] if reached else None]
+    assert summary["upper_bound"]["mean"] == pytest.approx(ub["dice"])
 
 
 def test_speed_end_to_end(tmp_path):
@@ -145,7 +167,32 @@ def test_speed_end_to_end(tmp_path):
         v = result["scoring"][key]
         assert math.isfinite(v) and v > 0
     assert result["rerank"]["rerank_seconds_median"] > 0
-    assert result["finetune"]["steps_per_s"] > 0 and result["finetune"]["peak_memory_mib"] >= 0
+    sc = result["scoring"]
+    assert sc["atsq_overhead_vs_plain"] == pytest.approx(sc["plain_passes_vol_per_s"] / sc["atsq_full_vol_per_s"])
+    assert sc["atsq_speedup_vs_monai_label_mc5"] == pytest.approx(
+        sc["atsq_full_vol_per_s"] / sc["monai_label_mc5_vol_per_s"])
+    assert result["rerank"]["repeats"] == 10
+    assert result["rerank"]["rerank_seconds_max"] >= result["rerank"]["rerank_seconds_median"]
+    ft = result["finetune"]
+    assert ft["steps_per_s"] > 0 and ft["steps_timed"] == 2 and ft["patch_size"] == [16, 24, 16]
+    assert ft["voxels_per_s"] == pytest.approx(ft["batch_size"] * 16 * 24 * 16 * ft["steps_per_s"])
+    for part in (ft, result["large_volume"]):  # on this CPU run: resident memory, the mechanism tested below
+        assert part["peak_memory_kind"] == "process RSS above baseline" and math.isfinite(part["peak_memory_mib"])
     assert result["large_volume"]["shape"] == [40, 48, 40] and result["large_volume"]["seconds"] > 0
+    assert result["large_volume"]["voxels"] == 40 * 48 * 40
     assert "machine" in on_disk and "commit" in on_disk
     assert "vol/s" in speed.format_table(result)
+
+
+def test_peak_memory_counts_what_the_block_allocates_above_the_baseline():
+    from ASSFTLib.benchmark.speed import PeakMemory
+    ballast = np.ones(32 * 2 ** 20 // 8)  # resident before the block: part of the baseline, not of the peak
+    with PeakMemory("cpu") as idle:
+        pass
+    with PeakMemory("cpu") as busy:
+        block = np.ones(96 * 2 ** 20 // 8)  # 96 MiB, every page touched
+        block[::512] += 1.0
+    assert busy.kind == "process RSS above baseline"
+    assert busy.peak >= 80 * 2 ** 20, busy.peak / 2 ** 20
+    assert idle.peak < 16 * 2 ** 20 < busy.peak
+    assert block.sum() > 0 and ballast.sum() > 0

@@ -57,6 +57,10 @@ class WorkspaceError(ASSFTError):
     """The workspace folder or its database is missing, locked or inconsistent."""
 
 
+class WorkspaceBusy(WorkspaceError):
+    """Another process holds the workspace's job lock (the worker exits with code 4)."""
+
+
 class DatasetError(ASSFTError):
     """The input dataset folder is empty, malformed, or lies about its files."""
 

@@ -34,10 +34,10 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import ASSFTError, JobCancelled
+from .errors import ASSFTError, JobCancelled, WorkspaceBusy
 from .workspace.paths import WorkspacePaths, job_state_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED, EXIT_BUSY = 0, 1, 2, 3, 4
@@ -48,10 +48,6 @@ EVENTS_FILE = "events.jsonl"
 PROGRESS_INTERVAL_S = 0.5
 
 Emit = Callable[..., None]
-
-
-class WorkspaceBusy(ASSFTError):
-    """Another job holds the workspace's job lock."""
 
 
 # ---------------------------------------------------------------------------- events
@@ -137,18 +133,6 @@ def _warnings_as_events(emit: Emit) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def workspace_lock(ws, name: str = "worker") -> Iterator[None]:
-    """``ws.job_lock`` that raises :class:`WorkspaceBusy` when another job holds it."""
-    from .errors import WorkspaceError
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(ws.job_lock(name))
-        except WorkspaceError as exc:
-            raise WorkspaceBusy(exc.message, path=exc.path, hint=exc.hint) from exc
-        yield
-
-
 # ---------------------------------------------------------------------------- jobs
 def default_job_dir(workspace: str | Path, kind: str) -> Path:
     return WorkspacePaths(Path(workspace)).new_job_dir(kind)
@@ -203,7 +187,7 @@ def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool
          pid=os.getpid())
     progress = progress_to_events(emit)
     try:
-        with _warnings_as_events(emit), Workspace.open(args.workspace) as ws, workspace_lock(ws):
+        with _warnings_as_events(emit), Workspace.open(args.workspace) as ws, ws.job_lock():
             settings = _settings_for(ws, args)
             from .runtime import set_threads
             set_threads(settings.num_threads)

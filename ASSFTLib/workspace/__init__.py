@@ -70,8 +70,12 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         are referenced in place, not copied.  With ``import_labels`` the
         dataset's labels become the cases' labels (``labeled_by = "dataset"``);
         either way they are remembered as reference labels.
-        Problems with single cases are recorded on those cases (status
-        ``error``) and reported; the other cases stay usable.
+        A bad dataset entry (missing file, duplicate case id, path leaving the
+        folder, unreadable ``dataset.json``) does not stop it: the entry gets
+        no case, and the problem is kept in the workspace's meta as
+        :attr:`import_problems` (``assft init`` prints them); the other cases
+        are created as usual.  Volumes are not opened here: an unreadable
+        image shows up when the case is scored or labeled.
         """
         folder = Path(folder).resolve()
         paths = WorkspacePaths(folder)
@@ -171,6 +175,8 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         return problems
 
     def summary(self) -> dict[str, Any]:
+        # Nothing gives a case the status "error"; its count (always 0) stays while `assft init`,
+        # `assft status` and the panel print it.
         counts = {s: 0 for s in ("unlabeled", "labeled", "error")}
         for row in self._conn.execute("SELECT status, COUNT(*) AS n FROM cases GROUP BY status"):
             counts[row["status"]] = row["n"]

@@ -47,16 +47,6 @@ class CasesMixin(DatabaseMixin):
     def label_path(self, case_id: str) -> Path | None:
         return self.case(case_id).label_path
 
-    def mark_error(self, case_id: str, message: str) -> None:
-        """Record that a case cannot be used (unreadable image, ...); the others stay usable."""
-        with self._write() as c:
-            c.execute("UPDATE cases SET status = 'error', error = ? WHERE case_id = ?", (message, case_id))
-
-    def clear_error(self, case_id: str) -> None:
-        with self._write() as c:
-            c.execute("UPDATE cases SET status = CASE WHEN label_path IS NULL THEN 'unlabeled' ELSE 'labeled' END, "
-                      "error = NULL WHERE case_id = ?", (case_id,))
-
     # --------------------------------------------------------------- labels
     def save_label(self, case_id: str, array: np.ndarray, affine: np.ndarray | None = None, user: str | None = None,
                    source: str = "manual") -> Path:
@@ -91,7 +81,7 @@ class CasesMixin(DatabaseMixin):
         write_volume(target, array.astype(np.uint8 if len(self.classes) <= 256 else np.int16), image.affine)
         who = user or current_user()
         with self._write() as c:
-            c.execute("UPDATE cases SET label_path = ?, status = 'labeled', labeled_by = ?, labeled_at = ?, error = NULL "
+            c.execute("UPDATE cases SET label_path = ?, status = 'labeled', labeled_by = ?, labeled_at = ? "
                       "WHERE case_id = ?", (str(target), who, stamp, case_id))
             c.execute("INSERT INTO label_history(case_id, path, saved_by, saved_at, source) VALUES (?,?,?,?,?)",
                       (case_id, str(target), who, stamp, source))

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import WorkspaceError
+from ..errors import WorkspaceBusy
 from .records import now
 from .schema import DatabaseMixin
 
@@ -19,8 +19,9 @@ class LockingMixin(DatabaseMixin):
     def job_lock(self, name: str = "worker") -> Iterator[None]:
         """Hold an exclusive, process-wide lock for a long job on this workspace.
 
-        A second process asking for the same lock gets a :class:`WorkspaceError`
-        naming the process that holds it.  The operating system releases the
+        A second process asking for the same lock gets
+        :class:`~ASSFTLib.errors.WorkspaceBusy` (a ``WorkspaceError``) naming the
+        process that holds it.  The operating system releases the
         lock when the holder dies, so a killed worker never leaves it stuck.
         """
         lock_path = self.paths.lock(name)
@@ -30,8 +31,8 @@ class LockingMixin(DatabaseMixin):
             if not _try_lock(fh):
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
-                raise WorkspaceError(f"another ASSFT job is running on this workspace ({holder})", path=self.folder,
-                                     hint="wait for it to finish or cancel it")
+                raise WorkspaceBusy(f"another ASSFT job is running on this workspace ({holder})", path=self.folder,
+                                    hint="wait for it to finish or cancel it")
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()} since {now()}")

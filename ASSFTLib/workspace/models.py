@@ -74,7 +74,3 @@ class ModelsMixin(DatabaseMixin):
     def foundation_model(self) -> ModelVersion | None:
         value = self._meta("foundation_model_id")
         return self.model(int(value)) if value else None
-
-    def set_current_model(self, model_id: int) -> None:
-        self.model(model_id)
-        self._set_meta("current_model_id", str(model_id))

@@ -35,7 +35,7 @@ class Case:
     status: str
     labeled_by: str | None
     labeled_at: str | None
-    error: str | None
+    error: str | None              # never written; read by `assft status` and the ranking
     profile: str | None
 
     @property

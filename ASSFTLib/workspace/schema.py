@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS cases (
     status TEXT NOT NULL DEFAULT 'unlabeled',   -- unlabeled | labeled
     labeled_by TEXT,
     labeled_at TEXT,
-    error TEXT,
+    error TEXT,                      -- never written
     profile TEXT,
     position INTEGER NOT NULL
 );
@@ -210,7 +210,3 @@ class DatabaseMixin:
             raise WorkspaceError(f"workspace database is damaged: {exc}", path=self.paths.db,
                                  hint="restore assft.db from a backup; labels in labels/ are untouched") from exc
         return None if row is None else row["value"]
-
-    def _set_meta(self, key: str, value: str) -> None:
-        with self._write() as c:
-            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -167,6 +168,21 @@ def test_job_lock_refuses_second_process(synthetic_dataset, tmp_path):
     assert out.strip() == "got"
 
 
+def test_job_lock_held_elsewhere_is_workspace_busy(synthetic_dataset, tmp_path):
+    from ASSFTLib.errors import WorkspaceBusy
+    ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset)
+    other = Workspace.open(ws.folder)
+    with ws.job_lock("worker"):
+        with pytest.raises(WorkspaceBusy, match=f"another ASSFT job .*pid {os.getpid()}") as err:
+            with other.job_lock("worker"):
+                pass
+        assert isinstance(err.value, WorkspaceError) and err.value.hint
+        with other.job_lock("report"):  # another lock name is another lock
+            pass
+    with other.job_lock("worker"):
+        pass
+
+
 def test_cli_init_and_status(synthetic_dataset, tmp_path):
     ws = tmp_path / "ws"
     r = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "init", str(ws), "--dataset", str(synthetic_dataset),
@@ -185,7 +201,6 @@ def test_cli_init_and_status(synthetic_dataset, tmp_path):
 
 def test_round_of_a_killed_process_is_marked_failed_and_old_temporaries_go(synthetic_dataset, tmp_path):
     """A real process starts a round and is killed with SIGKILL before it can finish it."""
-    import os
     import signal
     import time
     ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset)

@@ -1,9 +1,9 @@
 """Property-based fuzzing (hypothesis) of the readers, the label writer, the query selectors and SSFT.
 
-- ``io.read_volume`` on mutated bytes of real small NIfTI (.nii.gz straight from the Task04 dataset,
+- ``volumes.read_volume`` on mutated bytes of real small NIfTI (.nii.gz straight from the Task04 dataset,
   .nii) and NRRD files: whatever the bytes, only an ``ASSFTError`` may escape, never a raw exception;
   a file that still reads is a finite 3D volume.
-- ``io.write_volume`` -> ``io.read_volume`` on random shapes, affines (rotations, flips, anisotropic
+- ``volumes.write_volume`` -> ``volumes.read_volume`` on random shapes, affines (rotations, flips, anisotropic
   spacing, offsets) and label dtypes: the same array and geometry come back.
 - ``query`` selectors and ``ssft.select_pseudo`` on random pools (duplicates, zero embeddings,
   ties, unscored and rejected cases): no crash, no NaN score, valid unique selections, budget kept.

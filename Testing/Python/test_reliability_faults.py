@@ -2,7 +2,7 @@
 
 Every fault is followed by the same audit (:func:`audit`): ``Workspace.integrity_check()`` is empty,
 SQLite's own ``PRAGMA integrity_check`` says ok, every label file (and every label the database
-points to) reads with ``io.read_volume``, temporary files of interrupted writes are hidden (never
+points to) reads with ``volumes.read_volume``, temporary files of interrupted writes are hidden (never
 taken for labels), the current model loads and its checksum matches, and every label a saver was
 told was saved is still there with its content.
 

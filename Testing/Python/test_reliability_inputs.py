@@ -7,7 +7,7 @@ can hold next to good cases (truncated NIfTI, truncated NRRD, NaN voxels, 2D,
 names with spaces and non-ASCII characters, a dataset.json that lists missing
 files, duplicates and paths leaving the folder).  Each bad file must be named
 with what to do, and the rest of the workspace must stay usable.
-(``test_io.py`` checks the readers alone; here the files go through the product.)
+(``test_volumes.py`` checks the readers alone; here the files go through the product.)
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from ASSFTLib import runtime, training
+from ASSFTLib import runtime
+from ASSFTLib.training import loop
 from ASSFTLib.settings import Settings
 
 
@@ -60,17 +61,17 @@ def _job(scaler: torch.amp.GradScaler):
 def test_resume_restores_the_grad_scaler_state(tmp_path, enabled):
     net, opt, scaler = _job(torch.amp.GradScaler("cpu", init_scale=512.0, enabled=enabled))
     path = tmp_path / "state.pt"
-    training.save_state(path, net, opt, scaler, step=3, plan={"train": ["a"]})
+    loop.save_state(path, net, opt, scaler, step=3, plan={"train": ["a"]})
     fresh_net, fresh_opt = torch.nn.Linear(3, 2), torch.optim.AdamW(net.parameters(), lr=0.1)
     fresh_scaler = torch.amp.GradScaler("cpu", enabled=enabled)
-    saved = training.load_state(path)
-    assert training.restore_state(saved, fresh_net, fresh_opt, fresh_scaler) == 3
+    saved = loop.load_state(path)
+    assert loop.restore_state(saved, fresh_net, fresh_opt, fresh_scaler) == 3
     assert saved["plan"] == {"train": ["a"]}
     assert torch.equal(fresh_net.weight, net.weight)
     assert fresh_scaler.state_dict() == scaler.state_dict()
     if enabled:
         assert fresh_scaler.get_scale() == 512.0
-    assert training.restore_state(None, fresh_net, fresh_opt, fresh_scaler) == 0
+    assert loop.restore_state(None, fresh_net, fresh_opt, fresh_scaler) == 0
 
 
 def test_device_selection(monkeypatch):

@@ -305,3 +305,29 @@ def test_restart_mode_starts_from_the_foundation_every_round(workspace):
     second = training.finetune_round(workspace, tiny_settings(finetune_mode="restart"))
     assert first["metrics"]["start"] == "foundation" and second["metrics"]["start"] == "foundation"
     assert workspace.rounds("train")[1].params["plan"]["source_checksum"] == workspace.foundation_model().checksum
+
+
+def test_step_loop_reports_each_step_and_saves_the_step_to_resume_at(tmp_path):
+    from ASSFTLib.training import loop
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    seen = []
+    job = loop.StepJob(net, opt, torch.amp.GradScaler("cuda", enabled=False), tmp_path / "state.pt", {"p": 1},
+                       progress=lambda s, t, info: seen.append((s, t, info)), should_stop=lambda: len(seen) >= 2)
+    x = torch.ones(1, 2)
+
+    def step_loss(step):
+        return (net(x) ** 2).sum(), {"step_seen": step}
+
+    with pytest.raises(JobCancelled, match="stopped at step 2 of 5"):
+        loop.run_steps(job, 0, 5, "demo", step_loss)
+    keys = ["phase", "loss", "step_seen"]
+    assert [(s, t, list(i)) for s, t, i in seen] == [(1, 5, keys), (2, 5, keys)]
+    assert seen[1][2]["phase"] == "demo" and seen[1][2]["step_seen"] == 1
+    saved = loop.load_state(tmp_path / "state.pt")
+    assert saved["step"] == 2 and saved["plan"] == {"p": 1}
+    job.should_stop = None
+    last = loop.run_steps(job, saved["step"], 5, "demo", step_loss)
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5] and last == pytest.approx(seen[-1][2]["loss"], abs=1e-5)
+    assert np.isnan(loop.run_steps(job, 5, 5, "demo", step_loss))  # nothing left to run

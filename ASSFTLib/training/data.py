@@ -1,0 +1,136 @@
+"""What the trainer reads: volumes on the network's grid, checked labels, pseudo-labels and random patches.
+
+- :class:`TrainCase`: one training volume (image, class indices, voxel weights);
+- :func:`load_labeled_case`, :func:`pseudo_case`: a labeled / pseudo-labeled case;
+- :func:`label_problems`, :func:`raise_label_problems`: every unusable label of a
+  round, found before the first step;
+- :func:`patch_transform`, :func:`sample_batch`: seeded random patches with flips;
+- :func:`expand_image_paths`: volume files from files and (MSD) folders.
+
+Tensors: volumes ``(1, X, Y, Z)`` per case, batches ``(B, 1, X, Y, Z)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
+
+from .. import ssft
+from ..errors import ASSFTError, GeometryError, LabelError, VolumeError
+
+
+@dataclass
+class TrainCase:
+    """One training volume on the network's grid.
+
+    image: (1, X, Y, Z) float32; label: (1, X, Y, Z) int64 class indices;
+    weight: (1, X, Y, Z) float32, 0 where a pseudo-label voxel is ignored.
+    """
+
+    case_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor
+
+
+def prepared_image(path: str | Path, preprocessing: dict) -> Tuple[torch.Tensor, object]:
+    """Read and normalise an image -> ((1, X, Y, Z) float32 tensor on the network grid, the Volume read)."""
+    from ..preprocess import prepare_image
+    from ..volumes import read_volume
+    volume = read_volume(path, kind="image")
+    tensor, _ = prepare_image(volume, preprocessing)
+    return torch.as_tensor(tensor, dtype=torch.float32).reshape(1, *tensor.shape[-3:]), volume
+
+
+def _on_grid(array: np.ndarray, shape: Sequence[int], mode: str = "nearest") -> torch.Tensor:
+    """(X, Y, Z) array -> (1, *shape) tensor; nearest-neighbour resampling when preprocessing changed the grid."""
+    t = torch.as_tensor(np.ascontiguousarray(array))
+    if tuple(t.shape) == tuple(shape):
+        return t[None]
+    return F.interpolate(t[None, None].float(), size=tuple(shape), mode=mode)[0].to(t.dtype)
+
+
+def load_labeled_case(case_id: str, image_path: str | Path, label_path: str | Path, preprocessing: dict,
+                      num_classes: int) -> TrainCase:
+    """A labeled volume, checked (same grid as its image, classes 0..C-1), ready to train on."""
+    from ..volumes import check_label_values, check_same_geometry, read_volume
+    image, volume = prepared_image(image_path, preprocessing)
+    label = read_volume(label_path, kind="label")
+    check_same_geometry(volume, label, what=f"label of {case_id}")
+    check_label_values(label.array, num_classes, path=label_path)
+    target = _on_grid(label.array.astype(np.int64), image.shape[1:])
+    return TrainCase(case_id, image, target, torch.ones_like(image))
+
+
+def pseudo_case(case_id: str, image_path: str | Path, probs: np.ndarray, preprocessing: dict,
+                tau_v: float) -> TrainCase:
+    """A pseudo-labeled volume: argmax of ``probs`` (C, X, Y, Z), voxels below ``tau_v`` weighted 0."""
+    image, _ = prepared_image(image_path, preprocessing)
+    label, ignore = ssft.pseudo_target(probs, tau_v)
+    target = _on_grid(label.astype(np.int64), image.shape[1:])
+    weight = _on_grid((~ignore).astype(np.float32), image.shape[1:])
+    return TrainCase(case_id, image, target, weight)
+
+
+def label_problems(ws, case_ids: Sequence[str], num_classes: int) -> List[ASSFTError]:
+    """Check labels that are not loaded for training (the held-out fold), so a bad one fails the round at once."""
+    from ..volumes import check_label_values, check_same_geometry, read_volume
+    problems = []
+    for case_id in case_ids:
+        try:
+            label = read_volume(ws.label_path(case_id), kind="label")
+            check_same_geometry(read_volume(ws.image_path(case_id)), label, what=f"label of {case_id}")
+            check_label_values(label.array, num_classes, path=label.path)
+        except (VolumeError, GeometryError, LabelError) as exc:
+            problems.append(exc)
+    return problems
+
+
+def raise_label_problems(problems: Sequence[ASSFTError]) -> None:
+    """Fail the round before any step, naming every labeled case that cannot be used (not only the first)."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise LabelError(f"{len(problems)} labeled cases cannot be used for training: "
+                         + "; ".join(str(p) for p in problems), path=problems[0].path,
+                         hint="fix or re-save each of these labels (or remove the cases), then train again")
+
+
+def patch_transform(patch_size: Sequence[int], seed: int) -> Compose:
+    """Random patches of ``patch_size`` (zero-padded when the volume is smaller) with flips on every axis."""
+    keys = ["image", "label", "weight"]
+    t = Compose([SpatialPadd(keys, spatial_size=tuple(patch_size)),
+                 RandSpatialCropd(keys, roi_size=tuple(patch_size), random_size=False),
+                 RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
+                 RandFlipd(keys, prob=0.5, spatial_axis=2)])
+    t.set_random_state(seed=seed)
+    return t
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    return t.as_tensor() if hasattr(t, "as_tensor") else t
+
+
+def sample_batch(cases: Sequence[TrainCase], batch_size: int, transform: Compose,
+                 rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+    """``batch_size`` random patches -> {"image": (B,1,...) float, "label": (B,1,...) long, "weight": (B,1,...)}."""
+    picks = rng.integers(0, len(cases), size=batch_size)
+    items = [transform({"image": cases[i].image, "label": cases[i].label, "weight": cases[i].weight}) for i in picks]
+    return {k: torch.stack([_plain(it[k]) for it in items]) for k in ("image", "label", "weight")}
+
+
+def expand_image_paths(paths: Sequence[str | Path]) -> List[Path]:
+    """Volume files from a mix of files and folders (MSD folders: their ``imagesTr``)."""
+    from ..volumes import find_volume_files
+    out: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += find_volume_files(p / "imagesTr" if (p / "imagesTr").is_dir() else p)
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,308 @@
+"""One fine-tuning round with SSFT (``SPEC.md``: "SSFT", "The round loop").
+
+:func:`finetune_round` trains the next model version of a workspace on its
+labeled volumes (minus a held-out fold, :func:`holdout_fold`) plus the
+SSFT-selected pseudo-labeled ones (:mod:`ASSFTLib.pseudo`), records the
+held-out Dice as the quality signal, and registers the new checkpoint only
+when the round ends. The round's plan (which cases train, which are held out,
+which pseudo-labels join) is fixed when it starts and kept on resume.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+from .. import runtime, ssft
+from ..errors import ASSFTError, GeometryError, JobCancelled, LabelError, VolumeError, WorkspaceError
+from ..pseudo import accepted_pseudo_labels, select_round_pseudo
+from ..runtime import autocast, grad_scaler
+from ..settings import Settings
+from .data import (TrainCase, label_problems, load_labeled_case, patch_transform, pseudo_case,
+                   raise_label_problems, sample_batch)
+from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, open_state, restore_state,
+                   run_steps)
+from .losses import MaskedDiceCELoss
+
+
+def holdout_fold(labeled_ids: Sequence[str], settings: Settings, round_index: int) -> List[str]:
+    """Labeled volumes held out of this round for the quality signal (SPEC: k-fold over L once |L| >= k).
+
+    With k = ``kfold_min_labels`` (0 turns it off) and |L| >= k, the labeled ids
+    are dealt into k folds in a seeded order and round ``r`` holds out fold
+    ``r mod k``: one fold per round keeps the cost at one training run, and
+    over k rounds every fold takes its turn. Below k labels nothing is held out.
+    """
+    k = int(settings.kfold_min_labels)
+    ids = sorted(labeled_ids)
+    if k <= 1 or len(ids) < k:
+        return []
+    order = np.random.default_rng(settings.seed).permutation(len(ids))
+    return sorted(ids[i] for rank, i in enumerate(order) if rank % k == round_index % k)
+
+
+@dataclass
+class _Start:
+    """Where the round's weights come from, and the teacher that makes pseudo-labels."""
+
+    network: nn.Module
+    spec: object
+    source: str              # "current" | "foundation"
+    source_checksum: str
+    teacher: object | None   # LoadedModel with a task head, or None (cold start)
+
+
+def finetune_round(workspace, settings: Settings | None = None, progress: Progress = None,
+                   should_stop: ShouldStop = None, resume: bool = False, job_dir: str | Path | None = None) -> dict:
+    """Train the workspace's next model version on L (minus a held-out fold) and the SSFT pseudo-labels.
+
+    Parameters
+    ----------
+    workspace: a :class:`~ASSFTLib.workspace.Workspace` or its folder.
+    settings: defaults to the workspace's.
+    progress: ``progress(step, total, info)``; info has ``phase`` ("prepare", "train", "evaluate") and ``loss``.
+    should_stop: polled between steps; when True the state is saved in ``job_dir`` and JobCancelled raised.
+    resume: continue the cancelled round saved in ``job_dir``.
+    job_dir: folder for the resumable state and the new checkpoint before registration
+        (default ``<workspace>/jobs/train-<time>``).
+
+    Returns ``{"model_id", "model_path", "round_id", "metrics"}``. The new model
+    becomes current only at the very end; a cancelled or failed round leaves
+    the previous model current and the round marked ``cancelled``/``failed``.
+    """
+    from ..workspace import Workspace
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    settings = settings or ws.settings
+    if resume and job_dir is None:
+        raise WorkspaceError("resuming needs the job folder of the cancelled round", path=ws.folder,
+                             hint="pass --job-dir")
+    job_dir = Path(job_dir) if job_dir else ws.paths.new_job_dir("train")
+    state_path, saved = open_state(job_dir, resume)
+    device = runtime.prepare(settings)
+
+    start = _start_model(ws, settings, device)
+    if saved is not None and saved["plan"]["source_checksum"] != start.source_checksum:
+        raise WorkspaceError("the workspace's model changed since this round was cancelled", path=job_dir,
+                             hint="start a new round without --resume")
+    plan = saved["plan"] if saved is not None else _plan_round(ws, settings, start)
+    round_id = ws.start_round("train", params={"plan": plan, "resumed": resume, "job_dir": str(job_dir),
+                                                "settings": settings.to_dict()})
+    try:
+        result = _run_round(ws, settings, start, plan, saved, device, job_dir, state_path, round_id,
+                            progress, should_stop)
+    except JobCancelled:
+        ws.finish_round(round_id, "cancelled", metrics={"job_dir": str(job_dir)})
+        raise
+    except BaseException as exc:
+        ws.finish_round(round_id, "failed", metrics={"error": str(exc), "type": type(exc).__name__})
+        raise
+    state_path.unlink(missing_ok=True)
+    return result
+
+
+def _start_model(ws, settings: Settings, device: str) -> _Start:
+    """Warm start from the current model; cold start (or ``finetune_mode="restart"``) from the foundation."""
+    from ..models import check_task_compatible, load_model, make_task_network
+    current, foundation = ws.current_model(), ws.foundation_model()
+    if current is None and foundation is None:
+        raise WorkspaceError("the workspace has no model to fine-tune", path=ws.folder,
+                             hint="register a foundation model (assft init --model FILE) or run assft pretrain")
+    loaded_current = None if current is None else load_model(current.path, device=device)
+    teacher = loaded_current if (loaded_current is not None and loaded_current.spec.has_task_head
+                                 and loaded_current.spec.task == "segmentation") else None
+    use_foundation = teacher is None or settings.finetune_mode == "restart"
+    if not use_foundation:
+        loaded = teacher
+    elif foundation is None or (current is not None and foundation.id == current.id):
+        loaded = loaded_current
+    else:
+        loaded = load_model(foundation.path, device=device)
+    for text in check_task_compatible(loaded, ws.classes, settings.patch_size):
+        warnings.warn(text, TrainingWarning)
+    if loaded.spec.has_task_head and loaded.spec.task == "segmentation":
+        network, spec = copy.deepcopy(loaded.network), loaded.spec
+    else:
+        network, spec, _ = make_task_network(loaded, ws.classes)
+    spec = spec.replace(patch_size=list(settings.patch_size))
+    return _Start(network.to(device), spec, "foundation" if use_foundation else "current", loaded.checksum, teacher)
+
+
+def _plan_round(ws, settings: Settings, start: _Start) -> dict:
+    """Which cases train, which are held out, which pseudo-labels join (fixed for the round, kept on resume)."""
+    labeled = ws.labeled_ids()
+    if not labeled:
+        raise WorkspaceError("no labeled volumes to fine-tune on", path=ws.folder,
+                             hint="label at least one volume (assft rank WORKSPACE shows which) and train again")
+    finished = [r for r in ws.rounds("train") if r.status == "finished"]
+    heldout = holdout_fold(labeled, settings, len(finished))
+    promoted = accepted_pseudo_labels(ws)
+    selection = None
+    if settings.use_ssft:
+        selection = select_round_pseudo(ws, start.teacher, settings, exclude=list(promoted))
+        if selection is None:
+            why = ("the start model has no task head yet (cold start)" if start.teacher is None
+                   else "the current model has not been scored (run assft score first)")
+            warnings.warn(f"no pseudo-labels this round: {why}", TrainingWarning)
+    return {"labeled": labeled, "heldout": heldout, "train": [c for c in labeled if c not in heldout],
+            "promoted": {c: str(p) for c, p in promoted.items()},
+            "pseudo": [] if selection is None else selection.selected,
+            "selection": None if selection is None else selection.to_dict(),
+            "source": start.source, "source_checksum": start.source_checksum}
+
+
+def _prepare_cases(ws, settings: Settings, start: _Start, plan: dict, job_dir: Path, progress: Progress,
+                   should_stop: ShouldStop) -> Tuple[List[TrainCase], List[TrainCase]]:
+    """The planned labeled (and promoted) cases and pseudo-labeled cases, every label checked before any step."""
+    prep, num_classes = start.spec.preprocessing, len(ws.classes)
+    n_prepare = len(plan["train"]) + len(plan["promoted"]) + len(plan["pseudo"])
+    done = 0
+
+    def prepared(case: TrainCase) -> TrainCase:
+        nonlocal done
+        done += 1
+        if should_stop is not None and should_stop():
+            raise JobCancelled("stopped while preparing the training data", path=job_dir,
+                               hint="start the round again; nothing was trained yet")
+        if progress is not None:
+            progress(done, n_prepare, {"phase": "prepare", "case": case.case_id})
+        return case
+
+    labeled, problems = [], []
+    for c, label_path in [(c, ws.label_path(c)) for c in plan["train"]] + list(plan["promoted"].items()):
+        try:
+            labeled.append(prepared(load_labeled_case(c, ws.image_path(c), label_path, prep, num_classes)))
+        except (VolumeError, GeometryError, LabelError) as exc:
+            problems.append(exc)
+    problems += label_problems(ws, plan["heldout"], num_classes)
+    raise_label_problems(problems)
+    if not labeled:
+        raise WorkspaceError("every labeled volume is held out; nothing left to train on", path=ws.folder,
+                             hint="set kfold_min_labels to 0 or label more volumes")
+    pseudo = []
+    if plan["pseudo"]:
+        from ..inference import predict_probs
+        from ..volumes import read_volume
+        for c in plan["pseudo"]:
+            probs = predict_probs(start.teacher, read_volume(ws.image_path(c)), settings)
+            pseudo.append(prepared(pseudo_case(c, ws.image_path(c), probs, prep, settings.voxel_confidence)))
+    return labeled, pseudo
+
+
+def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], device: str, job_dir: Path,
+               state_path: Path, round_id: int, progress: Progress, should_stop: ShouldStop) -> dict:
+    """Prepare the data of a planned round, train, evaluate the held-out fold, save and register."""
+    from ..models import encoder_module_names, encoder_parameter_names, save_checkpoint
+    spec, network = start.spec, start.network
+    labeled, pseudo = _prepare_cases(ws, settings, start, plan, job_dir, progress, should_stop)
+
+    freeze = settings.finetune_mode == "frozen_encoder"
+    optimizer = _optimizer(network, encoder_parameter_names(network, spec), settings, freeze)
+    scaler = grad_scaler(device, settings.amp)
+    first = restore_state(saved, network, optimizer, scaler)
+    _train_mode(network, encoder_module_names(network, spec) if freeze else ())
+    job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop)
+    loss = run_steps(job, first, settings.steps, "train",
+                     _segmentation_loss(network, labeled, pseudo, settings, device, first))
+    network.eval()
+
+    dice = {}
+    if plan["heldout"]:
+        if progress is not None:
+            progress(0, len(plan["heldout"]), {"phase": "evaluate"})
+        dice = _heldout_dice(network, spec, ws, plan["heldout"], settings)
+    metrics = {"heldout_dice": float(np.mean(list(dice.values()))) if dice else None,
+               "heldout_dice_per_case": dice, "heldout": plan["heldout"], "train_labels": len(plan["train"]),
+               "qa_promoted": sorted(plan["promoted"]), "pseudo_labels": len(plan["pseudo"]),
+               "pseudo_ids": plan["pseudo"], "final_loss": loss, "steps": settings.steps,
+               "start": plan["source"], "finetune_mode": settings.finetune_mode, "device": device}
+    if plan["selection"] is not None:
+        metrics["tau_d"] = plan["selection"]["tau_d"]
+    out = job_dir / "model.pt"
+    save_checkpoint(out, network.cpu(), spec, extra={"round_id": round_id, "metrics": json.dumps(metrics),
+                                                     "trained_on": plan["train"] + sorted(plan["promoted"])})
+    version = ws.register_model(out, kind="finetuned", round_id=round_id, metrics=metrics)
+    ws.finish_round(round_id, "finished", metrics=metrics, model_id=version.id)
+    out.unlink(missing_ok=True)  # register_model keeps its own copy under models/
+    return {"model_id": version.id, "model_path": str(version.path), "round_id": round_id, "metrics": metrics}
+
+
+def _optimizer(network: nn.Module, encoder_names: Set[str], settings: Settings,
+               freeze_encoder: bool) -> torch.optim.Optimizer:
+    """AdamW with the encoder at ``encoder_lr_ratio`` x the decoder's rate (or frozen)."""
+    enc, dec = [], []
+    for name, p in network.named_parameters():
+        if name in encoder_names:
+            if freeze_encoder:
+                p.requires_grad_(False)
+            else:
+                enc.append(p)
+        else:
+            dec.append(p)
+    groups = [{"params": dec, "lr": settings.learning_rate, "name": "decoder"}]
+    if enc and settings.encoder_lr_ratio > 0:
+        groups.append({"params": enc, "lr": settings.learning_rate * settings.encoder_lr_ratio, "name": "encoder"})
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _train_mode(network: nn.Module, frozen_prefixes: Sequence[str] = ()) -> None:
+    """Train mode, except normalisation layers of a frozen encoder (their statistics stay θ0's)."""
+    network.train()
+    for name, module in network.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in frozen_prefixes):
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.eval()
+
+
+def _segmentation_loss(network: nn.Module, labeled: Sequence[TrainCase], pseudo: Sequence[TrainCase],
+                       settings: Settings, device: str, first: int) -> StepLoss:
+    """One step's loss: DiceCE(labeled) + lambda(t) * masked DiceCE(pseudo), on seeded random patches."""
+    total = settings.steps
+    sup_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    pseudo_loss = MaskedDiceCELoss()
+    transform = patch_transform(settings.patch_size, settings.seed + first)
+
+    def step_loss(step: int) -> Tuple[torch.Tensor, dict]:
+        rng = np.random.default_rng([settings.seed, step])
+        batch = sample_batch(labeled, settings.batch_size, transform, rng)
+        n_sup = settings.batch_size
+        if pseudo:
+            extra = sample_batch(pseudo, settings.batch_size, transform, rng)
+            batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        lam = (ssft.pseudo_weight(step, total, settings.pseudo_weight_max, settings.pseudo_ramp_fraction)
+               if pseudo else 0.0)
+        with autocast(device, settings.amp):
+            logits = network(batch["image"])
+        logits = logits.float()
+        loss = sup_loss(logits[:n_sup], batch["label"][:n_sup])
+        if pseudo:
+            loss = loss + lam * pseudo_loss(logits[n_sup:], batch["label"][n_sup:], batch["weight"][n_sup:])
+        if not torch.isfinite(loss):
+            raise ASSFTError(f"training diverged at step {step} (loss {loss.item()})",
+                             hint="lower learning_rate or check the labels")
+        return loss, {"pseudo_weight": round(lam, 4)}
+
+    return step_loss
+
+
+def _heldout_dice(network: nn.Module, spec, ws, case_ids: Sequence[str], settings: Settings) -> Dict[str, float]:
+    """Mean foreground Dice of ``network`` on each held-out labeled case (original grid, test-time averaged)."""
+    from ..inference import predict_probs
+    from ..metrics import mean_dice
+    from ..models import LoadedModel, LoadReport
+    from ..volumes import read_volume
+    model = LoadedModel(network.eval(), spec, LoadReport(), "", None)
+    out = {}
+    for case_id in case_ids:
+        probs = predict_probs(model, read_volume(ws.image_path(case_id)), settings)
+        truth = read_volume(ws.label_path(case_id), kind="label").array
+        out[case_id] = mean_dice(np.argmax(probs, axis=0), truth, len(ws.classes))
+    return out

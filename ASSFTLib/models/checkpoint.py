@@ -18,11 +18,13 @@ tensors are copied into the network by MONAI's ``copy_model_state``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -248,11 +250,26 @@ def _load_matching(network: nn.Module, state: Mapping[str, torch.Tensor], swin: 
         else:
             names[key] = name
     renamed = {key: name for key, name in names.items() if key != name}
-    _, updated, _ = copy_model_state(network, {key: state[key] for key in names}, mapping=renamed or None)
+    with _quiet(_MONAI_COPY_LOG):  # its "'dst' model updated: n of m variables" line; the report says more
+        _, updated, _ = copy_model_state(network, {key: state[key] for key in names}, mapping=renamed or None)
     report.loaded = sorted(updated)
     kept = set(updated) | {n for n, _, _ in report.mismatched}
     report.missing = [k for k in target if k not in kept]
     return report
+
+
+_MONAI_COPY_LOG = logging.getLogger("monai.networks.utils")
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Hold ``logger`` at WARNING: MONAI's logger writes INFO to stdout, the worker's event channel."""
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _head_complete(network: nn.Module, spec: ModelSpec, report: LoadReport) -> bool:

@@ -169,7 +169,7 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
     settings = settings or workspace.settings
     current, found = _models_of(workspace)
     key = (current.checksum, settings.scoring_hash())
-    cases = [c for c in workspace.cases() if c.status != "error"]
+    cases = workspace.cases()
     if case_ids is not None:
         wanted = set(case_ids)
         unknown = sorted(wanted - {c.case_id for c in cases})
@@ -357,8 +357,8 @@ def rank_cases(workspace, settings: Settings | None = None, strategy: str | None
     for c in cases:
         if c.case_id in pool:
             continue
-        if c.status == "error" or "error" in cached.get(c.case_id, {}):
-            rows.append(RankRow(None, c.case_id, "error", note=c.error or cached.get(c.case_id, {}).get("error")))
+        if "error" in cached.get(c.case_id, {}):
+            rows.append(RankRow(None, c.case_id, "error", note=cached[c.case_id]["error"]))
         elif c.case_id not in ok:
             rows.append(RankRow(None, c.case_id, "unscored", note="run `assft score`"))
         else:

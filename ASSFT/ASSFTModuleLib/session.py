@@ -68,7 +68,7 @@ class WorkspaceSession:
     def summary(self) -> str:
         s = self.require().summary()
         model = s["current_model"]
-        return (f"{s['cases']} cases: {s['labeled']} labeled, {s['unlabeled']} unlabeled, {s['error']} with errors. "
+        return (f"{s['cases']} cases: {s['labeled']} labeled, {s['unlabeled']} unlabeled. "
                 f"Model: {'none' if model is None else '#' + str(model['id']) + ' ' + model['kind']}.")
 
     def updateSettings(self, **changes: Any) -> None:

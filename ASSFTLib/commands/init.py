@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         ws.register_model(args.model, kind="foundation")
     s = ws.summary()
-    print(f"workspace {s['folder']}: {s['cases']} cases ({s['labeled']} labeled, {s['unlabeled']} unlabeled, "
-          f"{s['error']} with errors), classes {', '.join(s['classes'])}")
+    print(f"workspace {s['folder']}: {s['cases']} cases ({s['labeled']} labeled, {s['unlabeled']} unlabeled), "
+          f"classes {', '.join(s['classes'])}")
     for problem in ws.import_problems:
         print(f"  problem: {problem['path']}: {problem['message']}")
     return 0

@@ -21,14 +21,15 @@ def run(args: argparse.Namespace) -> int:
         rounds = ws.rounds()
         if args.json:
             s["rounds"] = [r.__dict__ for r in rounds]
-            s["case_list"] = [{"case_id": c.case_id, "status": c.status, "labeled_by": c.labeled_by,
-                               "error": c.error} for c in ws.cases()] if args.cases else None
+            s["case_list"] = [{"case_id": c.case_id, "status": c.status, "labeled_by": c.labeled_by}
+                              for c in ws.cases()] if args.cases else None
             print(json.dumps(s, indent=2, default=str))
             return 0
         print(f"workspace  {s['folder']}")
         print(f"dataset    {s['dataset'] or '-'}")
         print(f"classes    {', '.join(s['classes'])}")
-        print(f"cases      {s['cases']}: {s['labeled']} labeled, {s['unlabeled']} unlabeled, {s['error']} with errors")
+        print(f"cases      {s['cases']}: {s['labeled']} labeled, {s['unlabeled']} unlabeled"
+              + (f"; {s['import_problems']} dataset entries skipped at init" if s["import_problems"] else ""))
         m = s["current_model"]
         desc = "none" if m is None else f"#{m['id']} {m['kind']} {m['checksum']} {m['path']}"
         print(f"model      {desc}")
@@ -40,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  #{r.id:<3} {r.kind:<9} {r.status:<9} {r.started_at}")
         if args.cases:
             for c in ws.cases():
-                extra = f"  ({c.error})" if c.error else (f"  by {c.labeled_by}" if c.labeled_by else "")
+                extra = f"  by {c.labeled_by}" if c.labeled_by else ""
                 print(f"  {c.case_id:<30} {c.status}{extra}")
     return 0

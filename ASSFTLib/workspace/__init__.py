@@ -175,14 +175,12 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         return problems
 
     def summary(self) -> dict[str, Any]:
-        # Nothing gives a case the status "error"; its count (always 0) stays while `assft init`,
-        # `assft status` and the panel print it.
-        counts = {s: 0 for s in ("unlabeled", "labeled", "error")}
+        counts = {s: 0 for s in ("unlabeled", "labeled")}
         for row in self._conn.execute("SELECT status, COUNT(*) AS n FROM cases GROUP BY status"):
             counts[row["status"]] = row["n"]
         cur = self.current_model()
         return {"folder": str(self.folder), "dataset": str(self.dataset or ""), "classes": self.classes,
-                "cases": sum(counts.values()), **counts,
+                "cases": sum(counts.values()), **counts, "import_problems": len(self.import_problems),
                 "rounds": len(self.rounds("train")), "current_model": None if cur is None else
                 {"id": cur.id, "path": str(cur.path), "checksum": cur.checksum[:12], "kind": cur.kind,
                  "metrics": cur.metrics}}

@@ -21,7 +21,7 @@ class CasesMixin(DatabaseMixin):
     def _case(row: sqlite3.Row) -> Case:
         p = lambda v: Path(v) if v else None  # noqa: E731
         return Case(row["case_id"], Path(row["image_path"]), p(row["reference_label"]), p(row["label_path"]),
-                    row["status"], row["labeled_by"], row["labeled_at"], row["error"], row["profile"])
+                    row["status"], row["labeled_by"], row["labeled_at"], row["profile"])
 
     def cases(self, status: str | None = None) -> list[Case]:
         rows = self._conn.execute("SELECT * FROM cases WHERE ?1 IS NULL OR status = ?1 ORDER BY position",

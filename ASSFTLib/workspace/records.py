@@ -35,7 +35,6 @@ class Case:
     status: str
     labeled_by: str | None
     labeled_at: str | None
-    error: str | None              # never written; read by `assft status` and the ranking
     profile: str | None
 
     @property

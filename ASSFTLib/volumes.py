@@ -6,7 +6,7 @@ Conventions (``docs/architecture.md``):
   with a 4x4 **RAS** voxel-to-world ``affine`` in millimetres.
 - Images are ``float32`` whatever their stored type; labels are integer class
   indices (``uint8`` when they fit, else ``int16``/``int32``).
-- NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; NRRD (``.nrrd``, ``.nhdr``)
+- Formats are entries of :data:`FORMATS`. NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; NRRD (``.nrrd``, ``.nhdr``)
   with SimpleITK, whose LPS geometry is converted to RAS, so the NIfTI and the
   NRRD of one volume give the same affine.
 - Every failure on bad input raises a :class:`~ASSFTLib.errors.ASSFTError`
@@ -20,6 +20,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -28,10 +29,6 @@ import SimpleITK as sitk
 from .errors import GeometryError, LabelError, VolumeError
 from .fileutil import atomic_path
 
-#: Suffixes read, longest first so ``.nii.gz`` wins over ``.gz``.
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
-#: Suffixes written (a detached ``.nhdr`` header cannot be renamed atomically with its data).
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 #: Geometry tolerance: relative for spacing, in voxels for origin, absolute for direction
 #: cosines.  NIfTI stores geometry in float32, so exact float64 equality is too strict.
 GEOMETRY_TOLERANCE = 1e-4
@@ -42,7 +39,6 @@ _CHANNEL_SUFFIX = re.compile(r"_0000$")
 #: dimensions (OverflowError from the memory map, MemoryError from the allocation).
 _NIBABEL_READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
                         OSError, EOFError, ValueError, zlib.error, OverflowError, MemoryError)
-SUPPORTED_TEXT = ", ".join(VOLUME_SUFFIXES)
 
 
 @dataclass
@@ -134,10 +130,7 @@ def read_volume(path: str | Path, kind: str = "image") -> Volume:
     if not path.is_file():
         raise VolumeError("file not found" if not path.exists() else "is not a file", path=path,
                           hint="check the path, or re-export the volume")
-    if suffix in (".nii", ".nii.gz"):
-        array, affine = _read_nifti(path, kind)
-    else:
-        array, affine = _read_itk(path)
+    array, affine = _FORMAT_OF[suffix].read(path, kind)
     array = _as_3d(array, path)
     array = _as_image(array, path) if kind == "image" else _as_label(array, path)
     return Volume(array, affine, path)
@@ -153,7 +146,7 @@ def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return array, np.asarray(img.affine, dtype=np.float64)
 
 
-def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(img)
@@ -258,10 +251,7 @@ def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Pat
     array = _storable(array)
     try:
         with atomic_path(path) as tmp:
-            if suffix == ".nrrd":
-                sitk.WriteImage(_to_itk(array, affine), str(tmp), useCompression=True)
-            else:
-                nib.save(_to_nifti(array, affine), str(tmp))
+            _FORMAT_OF[suffix].write(tmp, array, affine)
     except (OSError, RuntimeError) as exc:  # a full disk, no permission (ITK reports both as RuntimeError)
         detail = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VolumeError(f"cannot be written ({detail}); the previous version, if any, is unchanged", path=path,
@@ -342,3 +332,38 @@ def check_label_values(array: np.ndarray, num_classes: int, path: str | Path | N
         more = f" and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
         raise LabelError(f"label values outside 0..{num_classes - 1}: {listed}{more}", path=path,
                          hint=f"the task has {num_classes} classes; relabel these voxels or choose the right file")
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(_to_nifti(array, affine), str(path))
+
+
+def _write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    sitk.WriteImage(_to_itk(array, affine), str(path), useCompression=True)
+
+
+# ----------------------------------------------------------------------------
+# the format registry: a new file format is one entry here plus its reader (and writer)
+@dataclass(frozen=True)
+class VolumeFormat:
+    """A file format: its suffixes, ``read(path, kind) -> (array (X, Y, Z), RAS affine)``, and
+    ``write(path, array, affine)`` or None when ASSFT only reads it."""
+
+    name: str
+    suffixes: Tuple[str, ...]
+    read: Callable[[Path, str], Tuple[np.ndarray, np.ndarray]]
+    write: Optional[Callable[[Path, np.ndarray, np.ndarray], None]]
+
+
+FORMATS = (
+    VolumeFormat("NIfTI", (".nii.gz", ".nii"), _read_nifti, _write_nifti),
+    VolumeFormat("NRRD", (".nrrd",), _read_itk, _write_nrrd),
+    # a detached header cannot be renamed atomically together with its data file: read only
+    VolumeFormat("NRRD, detached header", (".nhdr",), _read_itk, None),
+)
+_FORMAT_OF = {suffix: f for f in FORMATS for suffix in f.suffixes}
+#: Suffixes read, longest first so ``.nii.gz`` wins over ``.gz``.
+VOLUME_SUFFIXES = tuple(sorted(_FORMAT_OF, key=len, reverse=True))
+#: Suffixes written.
+WRITE_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if _FORMAT_OF[s].write is not None)
+SUPPORTED_TEXT = ", ".join(VOLUME_SUFFIXES)

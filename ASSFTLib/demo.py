@@ -98,7 +98,7 @@ def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classe
 
 
 def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3, budget: int = 2,
-             n_pool: int = 16, n_test: int = 6, pretrain_steps: int = 150, steps: int = 150, seed: int = 0,
+             n_pool: int = 16, n_test: int = 6, pretrain_steps: int = 300, steps: int = 0, seed: int = 0,
              device: str = "auto", progress: ProgressFactory | None = None,
              log: Callable[[str], None] = print) -> list[DemoRound]:
     """Run the loop and return one :class:`DemoRound` per round.  ``out`` is created (or reused for data)."""
@@ -122,7 +122,7 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
     if not foundation.exists():
         log(f"pretraining a foundation model on the {n_pool} unlabeled pool volumes (masked reconstruction)")
         from .volumes import find_volume_files
-        pretrain(find_volume_files(pool / "imagesTr"), foundation, settings.replace(steps=pretrain_steps),
+        pretrain(find_volume_files(pool / "imagesTr"), foundation, settings.replace(pretrain_steps=pretrain_steps),
                  progress=prog("pretrain"))
     ws = Workspace.create(ws_dir, dataset=pool, settings=settings, import_labels=False)
     ws.register_model(foundation, kind="foundation")

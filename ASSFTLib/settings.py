@@ -50,12 +50,19 @@ class Settings:
     pseudo_ramp_fraction: float = 0.2       # ramp over the first 20% of steps
     use_ssft: bool = True
 
-    # --- fine-tuning ---
+    # --- fine-tuning (docs/results.md, "The training recipe": how each default was chosen) ---
     finetune_mode: str = "full"             # full | frozen_encoder | restart
     encoder_lr_ratio: float = 0.1
-    learning_rate: float = 1e-3
-    steps: int = 200
-    batch_size: int = 2
+    learning_rate: float = 3e-3             # AdamW, the decoder's (and pretraining's) peak rate
+    lr_schedule: str = "poly"               # poly: nnU-Net's (1 - t)^0.9 decay over the round | constant
+    steps: int = 0                          # 0: automatic (round_steps): steps_per_label x training volumes,
+    steps_per_label: int = 40               #    kept within [min_steps, max_steps]
+    min_steps: int = 250
+    max_steps: int = 2000
+    batch_size: int = 4
+    fg_oversample: float = 0.33             # share of patches centred on a labeled foreground voxel
+    augment: bool = True                    # small rotation/scaling, contrast, brightness, noise (flips always)
+    pretrain_steps: int = 1000              # masked-reconstruction pretraining (assft pretrain)
     patch_size: tuple = (32, 48, 32)
     weight_decay: float = 1e-5
     amp: bool = True                        # automatic mixed precision on CUDA only
@@ -98,8 +105,12 @@ class Settings:
             v = getattr(self, name)
             check(0.0 < v <= 1.0, f"{name}={v} must lie in (0, 1]")
         check(0.0 <= self.distance_percentile <= 100.0, f"distance_percentile={self.distance_percentile}")
-        for name in ("budget", "steps", "batch_size", "sw_batch_size"):
+        for name in ("budget", "batch_size", "sw_batch_size", "steps_per_label", "min_steps", "pretrain_steps"):
             check(int(getattr(self, name)) >= 1, f"{name} must be at least 1")
+        check(int(self.steps) >= 0, "steps must not be negative (0: automatic)")
+        check(int(self.max_steps) >= int(self.min_steps), "max_steps must be at least min_steps")
+        check(self.lr_schedule in ("poly", "constant"), f"lr_schedule={self.lr_schedule!r} (poly or constant)")
+        check(0.0 <= self.fg_oversample <= 1.0, f"fg_oversample={self.fg_oversample} must lie in [0, 1]")
         for name in ("roi_dilation", "mc_dropout_samples", "num_threads", "kfold_min_labels"):
             check(int(getattr(self, name)) >= 0, f"{name} must not be negative")
         check(self.pseudo_ratio >= 0 and self.pseudo_weight_max >= 0 and self.diversity_gamma >= 0,
@@ -145,6 +156,13 @@ class Settings:
             raise ASSFTError(f"settings file cannot be read: {exc}", path=path,
                              hint="fix the JSON or delete the file to return to the defaults") from exc
         return cls.from_dict(data)
+
+    def round_steps(self, train_volumes: int) -> int:
+        """Training steps of a fine-tuning round on ``train_volumes`` volumes: ``steps``, or when 0,
+        ``steps_per_label * train_volumes`` within ``[min_steps, max_steps]`` (more labels, longer rounds)."""
+        if self.steps:
+            return int(self.steps)
+        return int(min(self.max_steps, max(self.min_steps, self.steps_per_label * int(train_volumes))))
 
     def scoring_hash(self) -> str:
         """Hash of the fields that change what a scoring pass computes (the score-cache key)."""

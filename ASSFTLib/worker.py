@@ -148,7 +148,7 @@ def _settings_for(ws, args: argparse.Namespace):
         except ValueError:
             changes[key] = value
     if args.steps is not None:
-        changes["steps"] = args.steps
+        changes["pretrain_steps" if args.kind == "pretrain" else "steps"] = args.steps
     if args.device:
         changes["device"] = args.device
     return settings.replace(**changes) if changes else settings

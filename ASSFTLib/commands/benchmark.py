@@ -18,17 +18,21 @@ def add_parser(sub) -> None:
                                      "fine-tuning rounds) for each query strategy and reports test Dice vs labels.")
     le.add_argument("--data", required=True, type=Path, help="MSD-layout folder (e.g. Task04_Hippocampus)")
     le.add_argument("--test-data", type=Path, help="evaluate on this MSD-layout folder instead, with the same shifts")
-    le.add_argument("--profile", choices=("quick", "full"), default="quick")
-    le.add_argument("--setting", choices=("multisite", "plain", "both"), default="both",
-                    help="multisite: three scanner shifts on the target; plain: none (default: both)")
+    le.add_argument("--profile", choices=("quick", "medium", "full"), default="quick",
+                    help="quick: CI-sized check; medium: random, core-set and ASSFT on multisite, 2 seeds, the "
+                         "product's converged recipe (about 45 min on 2 cores); full: every arm (default: %(default)s)")
+    le.add_argument("--setting", choices=("multisite", "plain", "both"),
+                    help="multisite: three scanner shifts on the target; plain: none (default: the profile's; "
+                         "quick and full run both)")
     le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
     le.add_argument("--results", type=Path, help="folder for the result JSON and PNG (default: --out)")
     le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
     le.add_argument("--strategies", help="comma-separated subset of the profile's strategies")
     le.add_argument("--rounds", type=int, help="query rounds after the cold start (default: the profile's)")
     le.add_argument("--pretrain-steps", type=int, help="pretraining steps of the foundation model")
-    le.add_argument("--cold-steps", type=int, help="fine-tuning steps of the cold-start round")
-    le.add_argument("--round-steps", type=int, help="fine-tuning steps of each later round")
+    le.add_argument("--cold-steps", type=int, help="fine-tuning steps of the cold-start round (0: the product's "
+                                                   "automatic recipe)")
+    le.add_argument("--round-steps", type=int, help="fine-tuning steps of each later round (0: automatic)")
     le.add_argument("--report-only", action="store_true",
                     help="run nothing: summarise the (setting, seed) units already finished in --out")
     le.add_argument("--jobs", type=int, default=1, help="(setting, seed) units run in parallel processes")
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             raise ASSFTError(f"unknown strategies: {', '.join(unknown)}", hint=f"choose from {', '.join(le.STRATEGIES)}")
         changes["strategies"] = names
     profile = dataclasses.replace(profile, **changes)
-    settings_names = le.SETTINGS if args.setting == "both" else (args.setting,)
+    settings_names = (profile.settings if args.setting is None else le.SETTINGS if args.setting == "both"
+                      else (args.setting,))
     result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
                     base=Settings(num_threads=args.threads), jobs=args.jobs, command=command,
                     results=args.results, report_only=args.report_only)

@@ -20,8 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--budget", type=int, default=2, help="volumes labeled per round")
     p.add_argument("--pool", type=int, default=16, help="unlabeled pool size")
     p.add_argument("--test", type=int, default=6, help="held-out test cases")
-    p.add_argument("--pretrain-steps", type=int, default=150)
-    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per round")
+    p.add_argument("--pretrain-steps", type=int, default=300, help="foundation pretraining steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="fine-tuning steps per round (default 0: automatic, growing with the labeled set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", help="also write the per-round results to this JSON file")

@@ -4,7 +4,9 @@
 - :func:`load_labeled_case`, :func:`pseudo_case`: a labeled / pseudo-labeled case;
 - :func:`label_problems`, :func:`raise_label_problems`: every unusable label of a
   round, found before the first step;
-- :func:`patch_transform`, :func:`sample_batch`: seeded random patches with flips;
+- :class:`PatchSampler`: seeded random patches, nnU-Net style: a share of them
+  centred on a labeled foreground voxel, then flips, a small rotation/scaling
+  and intensity changes;
 - :func:`expand_image_paths`: volume files from files and (MSD) folders.
 
 Tensors: volumes ``(1, X, Y, Z)`` per case, batches ``(B, 1, X, Y, Z)``.
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
+from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
+                              RandShiftIntensityd, SpatialPad)
 
 from .. import ssft
 from ..errors import ASSFTError, GeometryError, LabelError, VolumeError
@@ -30,12 +33,15 @@ class TrainCase:
 
     image: (1, X, Y, Z) float32; label: (1, X, Y, Z) int64 class indices;
     weight: (1, X, Y, Z) float32, 0 where a pseudo-label voxel is ignored.
+    foreground: (n, 3) int64 indices of the voxels whose (kept) label is not
+        background; filled by :meth:`PatchSampler.prepare`.
     """
 
     case_id: str
     image: torch.Tensor
     label: torch.Tensor
     weight: torch.Tensor
+    foreground: Optional[torch.Tensor] = None
 
 
 def prepared_image(path: str | Path, preprocessing: dict) -> Tuple[torch.Tensor, object]:
@@ -101,27 +107,69 @@ def raise_label_problems(problems: Sequence[ASSFTError]) -> None:
                          hint="fix or re-save each of these labels (or remove the cases), then train again")
 
 
-def patch_transform(patch_size: Sequence[int], seed: int) -> Compose:
-    """Random patches of ``patch_size`` (zero-padded when the volume is smaller) with flips on every axis."""
-    keys = ["image", "label", "weight"]
-    t = Compose([SpatialPadd(keys, spatial_size=tuple(patch_size)),
-                 RandSpatialCropd(keys, roi_size=tuple(patch_size), random_size=False),
-                 RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
-                 RandFlipd(keys, prob=0.5, spatial_axis=2)])
-    t.set_random_state(seed=seed)
-    return t
+class PatchSampler:
+    """Seeded random training patches of ``patch_size`` from a list of cases.
+
+    As nnU-Net does: each patch is centred on a random labeled foreground voxel
+    with probability ``fg_fraction`` (small structures are seen in every
+    batch, not only when a uniform crop happens to hit them), else placed
+    uniformly; then flipped on each axis, and with ``augment`` also slightly
+    rotated/scaled and changed in contrast, brightness and noise (the shifts
+    between scanners that a site's volumes show). Which case and where come
+    from the ``rng`` handed to :meth:`batch`; the augmentations from ``seed``.
+    """
+
+    def __init__(self, patch_size: Sequence[int], seed: int, fg_fraction: float = 0.0, augment: bool = False):
+        self.patch = tuple(int(p) for p in patch_size)
+        self.fg_fraction = float(fg_fraction)
+        keys = ["image", "label", "weight"]
+        steps = []
+        if augment:
+            steps.append(RandAffined(keys, prob=0.2, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
+                                     mode=("bilinear", "nearest", "nearest"), padding_mode="zeros"))
+        steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+        if augment:
+            steps += [RandScaleIntensityd("image", factors=0.2, prob=0.3),
+                      RandShiftIntensityd("image", offsets=0.2, prob=0.3),
+                      RandGaussianNoised("image", prob=0.15, std=0.1)]
+        self.transform = Compose(steps)
+        self.transform.set_random_state(seed=seed)
+
+    def prepare(self, case: TrainCase) -> TrainCase:
+        """``case`` zero-padded to at least the patch size, with its foreground voxels listed (done once per case)."""
+        pad = SpatialPad(self.patch)
+        image, label, weight = (_plain(pad(t)) for t in (case.image, case.label, case.weight))
+        foreground = torch.nonzero((label[0] > 0) & (weight[0] > 0)) if self.fg_fraction > 0 else None
+        return TrainCase(case.case_id, image, label, weight, foreground)
+
+    def _start(self, case: TrainCase, rng: np.random.Generator) -> List[int]:
+        shape = case.image.shape[1:]
+        high = [s - p for s, p in zip(shape, self.patch)]
+        fg = case.foreground
+        if fg is not None and len(fg) and rng.random() < self.fg_fraction:
+            centre = fg[int(rng.integers(len(fg)))].tolist()
+            return [int(min(max(c - p // 2, 0), h)) for c, p, h in zip(centre, self.patch, high)]
+        return [int(rng.integers(h + 1)) for h in high]
+
+    def patch_of(self, case: TrainCase, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+        """One augmented patch of a prepared case: {"image", "label", "weight"}, each (1, *patch_size)."""
+        start = self._start(case, rng)
+        window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, self.patch))
+        item = {"image": case.image[window], "label": case.label[window], "weight": case.weight[window]}
+        return {k: _plain(v) for k, v in self.transform(item).items()}
+
+    def batch(self, cases: Sequence[TrainCase], batch_size: int,
+              rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+        """``batch_size`` patches of random prepared cases -> {"image": (B,1,...) float, "label": (B,1,...) long,
+        "weight": (B,1,...)}."""
+        items = [self.patch_of(cases[int(i)], rng) for i in rng.integers(0, len(cases), size=batch_size)]
+        out = {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "weight")}
+        out["label"] = out["label"].long()
+        return out
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.as_tensor() if hasattr(t, "as_tensor") else t
-
-
-def sample_batch(cases: Sequence[TrainCase], batch_size: int, transform: Compose,
-                 rng: np.random.Generator) -> Dict[str, torch.Tensor]:
-    """``batch_size`` random patches -> {"image": (B,1,...) float, "label": (B,1,...) long, "weight": (B,1,...)}."""
-    picks = rng.integers(0, len(cases), size=batch_size)
-    items = [transform({"image": cases[i].image, "label": cases[i].label, "weight": cases[i].weight}) for i in picks]
-    return {k: torch.stack([_plain(it[k]) for it in items]) for k in ("image", "label", "weight")}
 
 
 def expand_image_paths(paths: Sequence[str | Path]) -> List[Path]:

@@ -26,9 +26,8 @@ from ..errors import ASSFTError, GeometryError, JobCancelled, LabelError, Volume
 from ..pseudo import accepted_pseudo_labels, select_round_pseudo
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
-from .data import (TrainCase, label_problems, load_labeled_case, patch_transform, pseudo_case,
-                   raise_label_problems, sample_batch)
-from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, open_state, restore_state,
+from .data import PatchSampler, TrainCase, label_problems, load_labeled_case, pseudo_case, raise_label_problems
+from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, restore_state,
                    run_steps)
 from .losses import MaskedDiceCELoss
 
@@ -151,7 +150,9 @@ def _plan_round(ws, settings: Settings, start: _Start) -> dict:
             why = ("the start model has no task head yet (cold start)" if start.teacher is None
                    else "the current model has not been scored (run assft score first)")
             warnings.warn(f"no pseudo-labels this round: {why}", TrainingWarning)
-    return {"labeled": labeled, "heldout": heldout, "train": [c for c in labeled if c not in heldout],
+    train = [c for c in labeled if c not in heldout]
+    return {"labeled": labeled, "heldout": heldout, "train": train,
+            "steps": settings.round_steps(len(train) + len(promoted)),
             "promoted": {c: str(p) for c, p in promoted.items()},
             "pseudo": [] if selection is None else selection.selected,
             "selection": None if selection is None else selection.to_dict(),
@@ -208,9 +209,12 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     scaler = grad_scaler(device, settings.amp)
     first = restore_state(saved, network, optimizer, scaler)
     _train_mode(network, encoder_module_names(network, spec) if freeze else ())
-    job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop)
-    loss = run_steps(job, first, settings.steps, "train",
-                     _segmentation_loss(network, labeled, pseudo, settings, device, first))
+    # an explicit step count (``--steps`` on resume) wins; else the plan's (older plans lack it)
+    steps = int(settings.steps or plan.get("steps") or settings.round_steps(len(labeled)))
+    job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop,
+                  lr_schedule(settings.lr_schedule, steps))
+    loss = run_steps(job, first, steps, "train",
+                     _segmentation_loss(network, labeled, pseudo, settings, device, first, steps))
     network.eval()
 
     dice = {}
@@ -221,7 +225,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     metrics = {"heldout_dice": float(np.mean(list(dice.values()))) if dice else None,
                "heldout_dice_per_case": dice, "heldout": plan["heldout"], "train_labels": len(plan["train"]),
                "qa_promoted": sorted(plan["promoted"]), "pseudo_labels": len(plan["pseudo"]),
-               "pseudo_ids": plan["pseudo"], "final_loss": loss, "steps": settings.steps,
+               "pseudo_ids": plan["pseudo"], "final_loss": loss, "steps": steps,
                "start": plan["source"], "finetune_mode": settings.finetune_mode, "device": device}
     if plan["selection"] is not None:
         metrics["tau_d"] = plan["selection"]["tau_d"]
@@ -246,9 +250,10 @@ def _optimizer(network: nn.Module, encoder_names: Set[str], settings: Settings,
                 enc.append(p)
         else:
             dec.append(p)
-    groups = [{"params": dec, "lr": settings.learning_rate, "name": "decoder"}]
+    groups = [{"params": dec, "lr": settings.learning_rate, "initial_lr": settings.learning_rate, "name": "decoder"}]
     if enc and settings.encoder_lr_ratio > 0:
-        groups.append({"params": enc, "lr": settings.learning_rate * settings.encoder_lr_ratio, "name": "encoder"})
+        enc_lr = settings.learning_rate * settings.encoder_lr_ratio
+        groups.append({"params": enc, "lr": enc_lr, "initial_lr": enc_lr, "name": "encoder"})
     return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
@@ -262,19 +267,20 @@ def _train_mode(network: nn.Module, frozen_prefixes: Sequence[str] = ()) -> None
 
 
 def _segmentation_loss(network: nn.Module, labeled: Sequence[TrainCase], pseudo: Sequence[TrainCase],
-                       settings: Settings, device: str, first: int) -> StepLoss:
+                       settings: Settings, device: str, first: int, total: int) -> StepLoss:
     """One step's loss: DiceCE(labeled) + lambda(t) * masked DiceCE(pseudo), on seeded random patches."""
-    total = settings.steps
     sup_loss = DiceCELoss(to_onehot_y=True, softmax=True)
     pseudo_loss = MaskedDiceCELoss()
-    transform = patch_transform(settings.patch_size, settings.seed + first)
+    sampler = PatchSampler(settings.patch_size, settings.seed + first, settings.fg_oversample, settings.augment)
+    labeled = [sampler.prepare(c) for c in labeled]
+    pseudo = [sampler.prepare(c) for c in pseudo]
 
     def step_loss(step: int) -> Tuple[torch.Tensor, dict]:
         rng = np.random.default_rng([settings.seed, step])
-        batch = sample_batch(labeled, settings.batch_size, transform, rng)
+        batch = sampler.batch(labeled, settings.batch_size, rng)
         n_sup = settings.batch_size
         if pseudo:
-            extra = sample_batch(pseudo, settings.batch_size, transform, rng)
+            extra = sampler.batch(pseudo, settings.batch_size, rng)
             batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         lam = (ssft.pseudo_weight(step, total, settings.pseudo_weight_max, settings.pseudo_ramp_fraction)

@@ -46,6 +46,7 @@ class StepJob:
     plan: dict
     progress: Progress = None
     should_stop: ShouldStop = None
+    lr_scale: Optional[Callable[[int], float]] = None   # step -> factor on each group's "initial_lr"
 
 
 def run_steps(job: StepJob, first: int, total: int, phase: str, step_loss: StepLoss) -> float:
@@ -60,6 +61,10 @@ def run_steps(job: StepJob, first: int, total: int, phase: str, step_loss: StepL
     for step in range(first, total):
         if job.should_stop is not None and job.should_stop():
             raise cancel(job, step, total)
+        if job.lr_scale is not None:
+            factor = job.lr_scale(step)
+            for group in job.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
         job.optimizer.zero_grad(set_to_none=True)
         loss, extra = step_loss(step)
         job.scaler.scale(loss).backward()
@@ -69,6 +74,15 @@ def run_steps(job: StepJob, first: int, total: int, phase: str, step_loss: StepL
         if job.progress is not None:
             job.progress(step + 1, total, {"phase": phase, "loss": round(loss_value, 5), **extra})
     return loss_value
+
+
+def lr_schedule(name: str, total: int) -> Optional[Callable[[int], float]]:
+    """The learning-rate factor per step: ``poly`` is nnU-Net's ``(1 - step/total) ** 0.9``; ``constant`` is None."""
+    if name == "constant":
+        return None
+    if name != "poly":
+        raise ValueError(f"unknown learning-rate schedule {name!r}")
+    return lambda step: (1.0 - step / max(total, 1)) ** 0.9
 
 
 def cancel(job: StepJob, step: int, total: int) -> JobCancelled:

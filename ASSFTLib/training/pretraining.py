@@ -20,8 +20,8 @@ from ..errors import ASSFTError, JobCancelled
 from ..pretext import block_mask, pretext_loss, reconstruction_spec
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
-from .data import TrainCase, patch_transform, prepared_image, sample_batch
-from .loop import Progress, ShouldStop, StepJob, StepLoss, open_state, restore_state, run_steps
+from .data import PatchSampler, TrainCase, prepared_image
+from .loop import Progress, ShouldStop, StepJob, StepLoss, lr_schedule, open_state, restore_state, run_steps
 
 
 def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: Settings,
@@ -48,13 +48,16 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
     images = _read_volumes(paths, default_preprocessing(), job_dir, progress, should_stop)
 
     network = build_network(spec).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": list(network.parameters()), "initial_lr": settings.learning_rate}],
+                                  lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scaler = grad_scaler(device, settings.amp)
     plan = {"volumes": [str(p) for p in paths], "out_path": str(out_path)}
     first = restore_state(saved, network, optimizer, scaler)
     network.train()
-    job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop)
-    loss_value = run_steps(job, first, settings.steps, "pretrain",
+    steps = int(settings.pretrain_steps)
+    job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop,
+                  lr_schedule(settings.lr_schedule, steps))
+    loss_value = run_steps(job, first, steps, "pretrain",
                            _reconstruction_loss(network, images, settings, device, first))
     network = network.cpu().eval()
     metrics = {"final_loss": loss_value, "volumes": len(paths), "mask_block": settings.pretext_mask_block,
@@ -62,7 +65,7 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
     save_checkpoint(out_path, network, spec, pretext=(network, spec),
                     extra={"pretext_task": "masked_reconstruction", "metrics": json.dumps(metrics)})
     state_path.unlink(missing_ok=True)
-    return {"out_path": str(out_path), "steps": settings.steps, "metrics": metrics}
+    return {"out_path": str(out_path), "steps": steps, "metrics": metrics}
 
 
 def _read_volumes(paths: Sequence[Path], preprocessing: dict, job_dir: Path, progress: Progress,
@@ -82,11 +85,12 @@ def _read_volumes(paths: Sequence[Path], preprocessing: dict, job_dir: Path, pro
 def _reconstruction_loss(network: nn.Module, images: Sequence[TrainCase], settings: Settings, device: str,
                          first: int) -> StepLoss:
     """One step's loss: MSE on the hidden cubes of seeded random patches (masks seeded from the first step)."""
-    transform = patch_transform(settings.patch_size, settings.seed + first)
+    sampler = PatchSampler(settings.patch_size, settings.seed + first)  # flips only: the pretext target is the image
+    images = [sampler.prepare(c) for c in images]
     generator = torch.Generator().manual_seed(settings.seed + first)
 
     def step_loss(step: int) -> Tuple[torch.Tensor, dict]:
-        batch = sample_batch(images, settings.batch_size, transform, np.random.default_rng([settings.seed, step]))
+        batch = sampler.batch(images, settings.batch_size, np.random.default_rng([settings.seed, step]))
         image = batch["image"].to(device)
         mask = block_mask(image.shape, generator, settings.pretext_mask_block, settings.pretext_mask_ratio)
         with autocast(device, settings.amp):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ASSFTLib.training.TrainingWarni
 
 def tiny_settings(**changes) -> Settings:
     """Settings small enough for a shared 2-core machine: 16^3 patches, no test-time flips, a few steps."""
-    base = dict(steps=4, batch_size=1, patch_size=(16, 16, 16), tta_flips=False, sw_batch_size=1,
+    base = dict(steps=4, pretrain_steps=4, batch_size=1, patch_size=(16, 16, 16), tta_flips=False, sw_batch_size=1,
                 kfold_min_labels=3, num_threads=1, device="cpu")
     return Settings(**{**base, **changes})
 
@@ -39,7 +39,7 @@ def foundation_file(tiny_dataset, tmp_path_factory) -> Path:
     """A foundation checkpoint made by the project's own pretraining (a few steps)."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("foundation") / "foundation.pt"
-    training.pretrain(training.expand_image_paths([tiny_dataset]), out, tiny_settings(steps=3))
+    training.pretrain(training.expand_image_paths([tiny_dataset]), out, tiny_settings(pretrain_steps=3))
     return out
 
 

@@ -64,6 +64,10 @@ class Profile:
     patch_size: training and sliding-window patch; (40, 56, 48) holds most
         hippocampus crops (~35x50x36, at most 43x59x47) in one window.
     rounds: query rounds after the cold start (labels = budget * (1 + rounds)).
+    cold_steps, round_steps: fine-tuning steps of the cold-start round and of
+        each later round; 0 (the converged profiles) trains with the product's
+        own automatic recipe (``Settings.round_steps``), as a user's rounds do.
+    settings: the settings (``multisite``, ``plain``) the profile runs by default.
     """
 
     name: str
@@ -77,9 +81,13 @@ class Profile:
     sizes: dict | None
     patch_size: tuple = (40, 56, 48)
     mc_dropout_samples: int = 5
+    settings: tuple = SETTINGS
 
     @property
     def upper_steps(self) -> int:
+        """Steps of the all-labels upper bound: all the rounds' steps, or 0 (automatic) with the product recipe."""
+        if not self.cold_steps or not self.round_steps:
+            return 0
         return self.cold_steps + self.rounds * self.round_steps
 
 
@@ -87,10 +95,13 @@ PROFILES = {
     "quick": Profile("quick", seeds=1, strategies=("random", "atsq", "assft"), rounds=1, budget=2,
                      pretrain_steps=6, cold_steps=6, round_steps=6,
                      sizes={"source": 6, "pool": 10, "test": 4}, patch_size=(32, 48, 32), mc_dropout_samples=2),
+    # a re-check in the converged regime (the product's recipe) within about 45 minutes on 2 cores
+    "medium": Profile("medium", seeds=2, strategies=("random", "coreset", "assft"), rounds=4, budget=2,
+                      pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None, settings=("multisite",)),
     # the method and its two anchors first, so that an interrupted run has them
     "full": Profile("full", seeds=3, strategies=("random", "assft", "atsq", "random+ssft", "dkd", "asd", "entropy",
                                                  "bald", "coreset"), rounds=4, budget=2,
-                    pretrain_steps=300, cold_steps=60, round_steps=40, sizes=None),
+                    pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None),
 }
 
 

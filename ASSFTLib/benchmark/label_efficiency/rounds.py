@@ -47,7 +47,7 @@ def pretrained_model(cfg: RunConfig, seed: int, source_images: Sequence[Path]) -
     path = cfg.out / "cache" / "foundation" / f"pretrained_seed{seed}_{key:08x}.pt"
     if not path.exists():
         cfg.progress(f"pretraining the foundation model (seed {seed}, {len(source_images)} source images)")
-        settings = cfg.base.replace(seed=seed, steps=cfg.profile.pretrain_steps)
+        settings = cfg.base.replace(seed=seed, pretrain_steps=cfg.profile.pretrain_steps)
         pretrain([Path(p) for p in source_images], path, settings)
     return path
 
@@ -203,12 +203,12 @@ def run_strategy(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, s
 
 
 def upper_bound(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, foundation: Path) -> dict:
-    """Fine-tune on all pool labels for as many steps as a strategy gets in all its rounds."""
+    """Fine-tune on all pool labels: as many steps as a strategy gets in all its rounds, or the product's recipe."""
     settings = _settings_for(cfg, seed, None, cfg.profile.upper_steps, ssft=False)
     ws = _new_workspace(run_dir / "upper_bound", prepared, settings, foundation)
     annotate(ws, ws.unlabeled_ids())
-    _, t_train = _finetune(ws, settings)
-    rec = {"labels": len(ws.labeled_ids()), "steps": settings.steps, "train_seconds": t_train,
+    result, t_train = _finetune(ws, settings)
+    rec = {"labels": len(ws.labeled_ids()), "steps": result["metrics"]["steps"], "train_seconds": t_train,
            **_evaluate(ws.current_model().path, prepared.test, settings)}
     ws.close()
     return rec

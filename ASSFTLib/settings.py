@@ -52,7 +52,8 @@ class Settings:
 
     # --- fine-tuning (docs/results.md, "The training recipe": how each default was chosen) ---
     finetune_mode: str = "full"             # full | frozen_encoder | restart
-    encoder_lr_ratio: float = 0.1
+    encoder_lr_ratio: float = 1.0           # encoder rate / decoder rate (SPEC: 0.1, which trained the project's
+                                            # self-supervised encoder less well: docs/results.md)
     learning_rate: float = 3e-3             # AdamW, the decoder's (and pretraining's) peak rate
     lr_schedule: str = "poly"               # poly: nnU-Net's (1 - t)^0.9 decay over the round | constant
     steps: int = 0                          # 0: automatic (round_steps): steps_per_label x training volumes,

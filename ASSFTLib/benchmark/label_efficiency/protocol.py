@@ -95,9 +95,10 @@ PROFILES = {
     "quick": Profile("quick", seeds=1, strategies=("random", "atsq", "assft"), rounds=1, budget=2,
                      pretrain_steps=6, cold_steps=6, round_steps=6,
                      sizes={"source": 6, "pool": 10, "test": 4}, patch_size=(32, 48, 32), mc_dropout_samples=2),
-    # a re-check in the converged regime (the product's recipe) within about 45 minutes on 2 cores
+    # a re-check in the converged regime (the product's recipe, at its default patch) on 2 cores
     "medium": Profile("medium", seeds=2, strategies=("random", "coreset", "assft"), rounds=4, budget=2,
-                      pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None, settings=("multisite",)),
+                      pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None, settings=("multisite",),
+                      patch_size=(32, 48, 32)),
     # the method and its two anchors first, so that an interrupted run has them
     "full": Profile("full", seeds=3, strategies=("random", "assft", "atsq", "random+ssft", "dkd", "asd", "entropy",
                                                  "bald", "coreset"), rounds=4, budget=2,

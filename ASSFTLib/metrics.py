@@ -50,3 +50,23 @@ def labels_to_reach(labels_used: np.ndarray, scores: np.ndarray, target: float) 
         if s >= target:
             return float(n)
     return None
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Mean of the paired differences ``a - b`` (one pair per seed) with a percentile bootstrap interval.
+
+    The pairs are resampled with replacement ``n_boot`` times; ``lo``/``hi`` are
+    the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled
+    means. With very few pairs the interval is as wide as the data allow and no
+    wider (two seeds: it spans the two differences). Returns
+    ``{"mean", "lo", "hi", "n", "differences"}``.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError("a and b must be 1-D arrays of equal, non-zero length")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return {"mean": float(d.mean()), "lo": float(np.quantile(means, tail)), "hi": float(np.quantile(means, 1 - tail)),
+            "n": int(len(d)), "differences": d.tolist()}

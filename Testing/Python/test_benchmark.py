@@ -75,6 +75,19 @@ def test_summary_means_spread_auc_and_labels_to_target():
     assert s["dice_per_scanner"]["scanner_B"]["mean"] == pytest.approx([0.15, 0.3, 0.375])
     table = le.format_table(le.summarize(units))
     assert "hippo-plain" in table and "random" in table and "6 (1/2)" in table
+    assert s["nauc_vs_random"] is None  # random is the reference
+
+
+def test_summary_pairs_each_arm_with_random_by_seed():
+    units = [_unit("plain", 0, [0.2, 0.5, 0.8], 0.8), _unit("plain", 1, [0.4, 0.7, 0.7], 0.8)]
+    better = {0: [0.3, 0.6, 0.8], 1: [0.4, 0.8, 0.8]}  # nAUC 0.575 and 0.7 vs random's 0.5 and 0.625
+    for u in units:
+        u["strategies"]["assft"] = {"rounds": [dict(r, dice=d) for r, d in
+                                               zip(u["strategies"]["random"]["rounds"], better[u["seed"]])]}
+    s = le.summarize(units)["plain"]["strategies"]["assft"]
+    assert s["nauc_vs_random"]["differences"] == pytest.approx([0.075, 0.075])
+    assert s["nauc_vs_random"]["mean"] == pytest.approx(0.075)
+    assert "+0.075 [+0.075, +0.075]" in le.format_table(le.summarize(units))
 
 
 def _check_round(r, n_scanners, test_ids=None, scanner=None):

@@ -41,3 +41,18 @@ def test_auc_is_the_hand_computed_trapezoid_area_on_any_numpy(monkeypatch):
     assert normalized_auc(x, y) == pytest.approx(4.95 / 8, abs=1e-12)
     assert normalized_auc(np.array([3]), np.array([0.4])) == 0.4
     assert normalized_auc(np.array([0, 1]), np.array([1.0, 0.0])) == pytest.approx(0.5)
+
+
+def test_paired_bootstrap_mean_interval_and_pairing():
+    from ASSFTLib.metrics import paired_bootstrap
+    a, b = np.array([0.6, 0.7, 0.5, 0.8]), np.array([0.5, 0.5, 0.5, 0.5])
+    r = paired_bootstrap(a, b, n_boot=4000, seed=1)
+    assert r["n"] == 4 and r["differences"] == pytest.approx([0.1, 0.2, 0.0, 0.3])
+    assert r["mean"] == pytest.approx(0.15)
+    assert 0.0 <= r["lo"] < 0.15 < r["hi"] <= 0.3  # resampled means lie between the extreme differences
+    # pairing matters: the same values shuffled against each other give other differences
+    assert paired_bootstrap(a, b[::-1] + np.array([0, 0.1, 0.2, 0.3]))["mean"] != pytest.approx(r["mean"])
+    two = paired_bootstrap([0.3, 0.5], [0.2, 0.2])
+    assert (two["lo"], two["hi"]) == pytest.approx((0.1, 0.3))  # two pairs: the interval spans both differences
+    with pytest.raises(ValueError):
+        paired_bootstrap([], [])

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...metrics import labels_to_reach, normalized_auc
+from ...metrics import labels_to_reach, normalized_auc, paired_bootstrap
 from .protocol import STRATEGIES, TABLE_LABELS, TARGET_FRACTION
 
 
@@ -22,6 +22,9 @@ def summarize(units: Sequence[dict]) -> dict:
     nAUC: normalised area under Dice vs labels (:func:`metrics.normalized_auc`);
     labels_to_95: first label count reaching 95 % of the same seed's upper bound
     (None in a seed where it is never reached; ``reached`` counts the seeds that did).
+    nauc_vs_random: the paired difference of nAUC to random over the seeds both
+    ran (same split, foundation and, where the rule is the same, cold start),
+    with a bootstrap 95 % interval (:func:`metrics.paired_bootstrap`).
     """
     out: dict = {}
     for setting in sorted({u["setting"] for u in units}):
@@ -55,8 +58,17 @@ def summarize(units: Sequence[dict]) -> dict:
                 "pseudo_admitted": pseudo if STRATEGIES[name].ssft else None,
                 "pseudo_mean_dice": pseudo_dice if STRATEGIES[name].ssft else None,
             }
+        _add_paired_differences(entry, mine)
         out[setting] = entry
     return out
+
+
+def _add_paired_differences(entry: dict, units: Sequence[dict]) -> None:
+    """``nauc_vs_random`` for every strategy but random, over the seeds that ran both."""
+    for name, stats in entry["strategies"].items():
+        pairs = [(normalized_auc(*curve(u["strategies"][name])), normalized_auc(*curve(u["strategies"]["random"])))
+                 for u in units if name != "random" and name in u["strategies"] and "random" in u["strategies"]]
+        stats["nauc_vs_random"] = paired_bootstrap(*zip(*pairs)) if pairs else None
 
 
 def _mean_sd(values: Sequence[float]) -> dict:
@@ -81,7 +93,7 @@ def format_table(summary: dict) -> str:
         ub_text = "n/a" if ub["mean"] is None else f"{ub['mean']:.3f} ± {ub['sd']:.3f}"
         lines.append(f"hippo-{setting}  (seeds {entry['seeds']}, upper bound with all pool labels: Dice {ub_text})")
         head = f"  {'strategy':<12} {'nAUC':>13}" + "".join(f" {'Dice@' + str(n):>13}" for n in TABLE_LABELS)
-        lines.append(head + f" {'labels→95%UB':>14}")
+        lines.append(head + f" {'labels→95%UB':>14} {'nAUC - random [95% CI]':>26}")
         for name, s in entry["strategies"].items():
             row = f"  {name:<12} {_fmt(s['nauc']):>13}"
             for n in TABLE_LABELS:
@@ -89,7 +101,9 @@ def format_table(summary: dict) -> str:
             reach = s["labels_to_95"]
             text = (f"{reach['mean_when_reached']:.0f} ({reach['reached']}/{s['n_seeds']})"
                     if reach["reached"] else f"> {int(max(s['labels']))} (0/{s['n_seeds']})")
-            lines.append(row + f" {text:>14}")
+            diff = s.get("nauc_vs_random")
+            paired = "-" if not diff else f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
+            lines.append(row + f" {text:>14} {paired:>26}")
         lines.append("")
     return "\n".join(lines)
 

@@ -117,6 +117,9 @@ class PatchSampler:
     rotated/scaled and changed in contrast, brightness and noise (the shifts
     between scanners that a site's volumes show). Which case and where come
     from the ``rng`` handed to :meth:`batch`; the augmentations from ``seed``.
+    Only the foreground voxels are listed, once per case (:meth:`prepare`):
+    MONAI's ``RandCropByPosNegLabeld`` would also list or rescan every
+    background voxel, hundreds of MB or a full pass per patch on a CT volume.
     """
 
     def __init__(self, patch_size: Sequence[int], seed: int, fg_fraction: float = 0.0, augment: bool = False):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ASSFTLib.errors import ASSFTError
 from ASSFTLib.settings import Settings
 from ASSFTLib.training.data import PatchSampler, TrainCase
 from ASSFTLib.training.loop import StepJob, lr_schedule, run_steps
@@ -14,7 +15,7 @@ def test_round_steps_grow_with_the_labels_within_bounds():
     s = Settings(steps=0, steps_per_label=40, min_steps=250, max_steps=2000)
     assert [s.round_steps(n) for n in (1, 2, 6, 10, 32, 60)] == [250, 250, 250, 400, 1280, 2000]
     assert Settings(steps=77).round_steps(32) == 77  # an explicit count wins
-    with pytest.raises(Exception):
+    with pytest.raises(ASSFTError, match="max_steps"):
         Settings(min_steps=300, max_steps=200)
 
 

@@ -58,13 +58,17 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: in
 
     ``scipy.stats.bootstrap`` resamples the differences ``n_boot`` times; with very
     few pairs the interval is as wide as the data allow and no wider (two
-    seeds: it spans the two differences). Returns ``{"mean", "lo", "hi", "n", "differences"}``.
+    seeds: it spans the two differences; one seed: the difference itself).
+    Returns ``{"mean", "lo", "hi", "n", "differences"}``.
     """
     from scipy.stats import bootstrap
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.ndim != 1 or len(d) == 0:
         raise ValueError("a and b must be 1-D arrays of equal, non-zero length")
-    ci = bootstrap((d,), np.mean, confidence_level=level, n_resamples=n_boot, method="percentile",
-                   random_state=np.random.default_rng(seed)).confidence_interval
-    return {"mean": float(d.mean()), "lo": float(ci.low), "hi": float(ci.high), "n": int(len(d)),
-            "differences": d.tolist()}
+    if len(d) == 1:  # scipy needs two observations; one resample of one pair is that pair
+        lo = hi = float(d[0])
+    else:
+        ci = bootstrap((d,), np.mean, confidence_level=level, n_resamples=n_boot, method="percentile",
+                       random_state=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    return {"mean": float(d.mean()), "lo": lo, "hi": hi, "n": int(len(d)), "differences": d.tolist()}

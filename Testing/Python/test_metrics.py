@@ -54,5 +54,7 @@ def test_paired_bootstrap_mean_interval_and_pairing():
     assert paired_bootstrap(a, b[::-1] + np.array([0, 0.1, 0.2, 0.3]))["mean"] != pytest.approx(r["mean"])
     two = paired_bootstrap([0.3, 0.5], [0.2, 0.2])
     assert (two["lo"], two["hi"]) == pytest.approx((0.1, 0.3))  # two pairs: the interval spans both differences
+    one = paired_bootstrap([0.7], [0.65])  # one seed (the quick profile): the difference itself
+    assert (one["mean"], one["lo"], one["hi"], one["n"]) == pytest.approx((0.05, 0.05, 0.05, 1))
     with pytest.raises(ValueError):
         paired_bootstrap([], [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -145,7 +146,11 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
             ws.save_label(cid, read_volume(case.reference_label, kind="label").array, user="simulated-annotator",
                           source="simulated")
         log(f"round {r}: labeled {', '.join(picked)} (ranked by {table.strategy})")
-        result = finetune_round(ws, settings, progress=prog(f"round {r}: fine-tune"))
+        with warnings.catch_warnings(record=True) as caught:  # said as notes, not Python's file:line warnings
+            warnings.simplefilter("always")
+            result = finetune_round(ws, settings, progress=prog(f"round {r}: fine-tune"))
+        for w in caught:
+            log(f"  note: {w.message}")
         metrics = result["metrics"]
         per_class = evaluate(Path(result["model_path"]), test, settings, num_classes)
         results.append(DemoRound(r, len(ws.labeled_ids()), picked, int(metrics.get("pseudo_labels") or 0),

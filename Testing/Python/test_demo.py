@@ -44,6 +44,8 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test Dice" in r.stdout
+    # the cold start's "no pseudo-labels" is said as a note, not as a Python warning with file:line
+    assert "note: no pseudo-labels this round" in r.stdout and "TrainingWarning" not in r.stdout + r.stderr
     rounds = json.loads((tmp_path / "rounds.json").read_text())
     assert [x["labels"] for x in rounds] == [2, 4]
     assert [x["round"] for x in rounds] == [1, 2] and all(len(x["picked"]) == 2 for x in rounds)

@@ -38,7 +38,8 @@ def test_foreground_oversampling_puts_the_structure_in_every_patch():
     plain = never.prepare(_case())
     rng = np.random.default_rng(0)
     uniform_hits = sum(bool((never.patch_of(plain, rng)["label"] > 0).any()) for _ in range(200))
-    assert uniform_hits < 120  # a corner structure: most uniform patches miss it
+    # a uniform 8^3 patch holds this 2^3 corner structure with p = 3/13 * 5/23 * 4/17 ~ 0.012 (~2 of 200)
+    assert uniform_hits < 20
 
 
 def test_ignored_pseudo_label_voxels_are_not_foreground_centres():

@@ -24,6 +24,13 @@ def add_parser(sub) -> None:
     le.add_argument("--setting", choices=("multisite", "plain", "both"),
                     help="multisite: three scanner shifts on the target; plain: none (default: the profile's; "
                          "quick and full run both)")
+    le.add_argument("--foundation", choices=("self-supervised", "supervised"), default="self-supervised",
+                    help="the model every arm starts from: self-supervised (pretrained on the source images, no "
+                         "head) or supervised (then trained with the source cases' labels: a model from another "
+                         "site, with a head from round 0) (default: %(default)s)")
+    le.add_argument("--evaluate", choices=("test", "validation"), default="test",
+                    help="test: the reported test cases; validation: 20 pool cases held out for tuning method "
+                         "choices (the pool loses them) (default: %(default)s)")
     le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
     le.add_argument("--results", type=Path, help="folder for the result JSON and PNG (default: --out)")
     le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
@@ -96,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
                       else (args.setting,))
     result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
                     base=Settings(num_threads=args.threads), jobs=args.jobs, command=command,
-                    results=args.results, report_only=args.report_only)
+                    results=args.results, report_only=args.report_only, foundation=args.foundation,
+                    evaluation=args.evaluate)
     print(le.format_table(result["summary"]))
-    print(f"results: {Path(args.results or args.out) / f'label_efficiency_{profile.name}.json'} (+ .png)")
+    stem = le.result_stem(profile.name, args.foundation, args.evaluate)
+    print(f"results: {Path(args.results or args.out) / stem}.json (+ .png)")
     return 0

@@ -209,3 +209,41 @@ def test_peak_memory_counts_what_the_block_allocates_above_the_baseline():
     assert busy.peak >= 80 * 2 ** 20, busy.peak / 2 ** 20
     assert idle.peak < 16 * 2 ** 20 < busy.peak
     assert block.sum() > 0 and ballast.sum() > 0
+
+
+def test_validation_split_is_carved_from_the_pool_never_the_test_cases():
+    split = le.make_split([f"hippocampus_{i:03d}" for i in range(260)])
+    pool, val = le.validation_split(split)
+    a, b = le.VALIDATION_SLICE
+    assert val == split.pool[a:b] and len(pool) + len(val) == len(split.pool)
+    assert not set(val) & set(pool) and not set(val) & set(split.test) and not set(val) & set(split.source)
+    small = le.make_split([f"hippocampus_{i:03d}" for i in range(260)], le.PROFILES["quick"].sizes)
+    pool, val = le.validation_split(small)
+    assert val == small.pool[-2:] and pool == small.pool[:-2]
+
+
+def test_supervised_foundation_on_the_validation_split_end_to_end(hippo_dir, tmp_path):
+    """The model-from-another-site foundation: a head from round 0, so every arm starts with its own rule."""
+    profile = dataclasses.replace(le.PROFILES["quick"], strategies=("random", "assft"), pretrain_steps=2,
+                                  cold_steps=2, round_steps=2)
+    profile = dataclasses.replace(profile, supervised_steps=2)
+    result = le.run(hippo_dir, tmp_path, profile, ("plain",), progress=lambda _: None, foundation="supervised",
+                    evaluation="validation")
+    assert (tmp_path / "label_efficiency_quick_supervised_validation.json").exists()
+    assert result["protocol"]["foundation"] == "supervised" and result["protocol"]["evaluation"] == "validation"
+    split = result["split"]
+    _, val = le.validation_split(le.Split(split["source"], split["pool"], split["test"], split["scanner"]))
+    (unit,) = result["units"]
+    assert unit["foundation"] == "supervised" and unit["evaluation"] == "validation"
+    assert sorted(unit["foundation_eval"]["per_case"]) == sorted(val)
+    assert result["summary"]["plain"]["foundation_dice"]["mean"] == pytest.approx(unit["foundation_eval"]["dice"])
+    for name, s in unit["strategies"].items():
+        # the foundation segments already: the cold start is the arm's own query rule, not DKD
+        assert s["cold_start"] == le.STRATEGIES[name].query
+        for r in s["rounds"]:
+            assert sorted(r["per_case"]) == sorted(val)
+            assert not set(r["picked"]) & set(val), "a validation case was offered to the annotator"
+    # the supervised foundation was trained on the labeled, unshifted source cases
+    (model,) = (tmp_path / "cache" / "foundation").glob("supervised_seed0_*.pt")
+    from ASSFTLib.models import load_model
+    assert load_model(model).spec.has_task_head

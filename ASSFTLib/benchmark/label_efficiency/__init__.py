@@ -44,14 +44,18 @@ from typing import Callable, Sequence
 
 from ...settings import Settings
 from .. import provenance, write_json
-from .protocol import (EVAL_CLASSES, PROFILES, SCANNERS, SETTINGS, SPLIT_SEED, SPLIT_SIZES, STRATEGIES,
-                       TABLE_LABELS, TARGET_FRACTION, Prepared, Profile, Split, Strategy, TargetCase, arms,
-                       assign_scanners, make_split, prepare, write_target_folder, _dataset_cases)
-from .rounds import (RunConfig, annotate, cold_start, pretrained_model, pseudo_quality, query_round, run_strategy,
-                     run_unit, summarize_dice, upper_bound, _read_unit)
+from .protocol import (EVAL_CLASSES, EVALUATIONS, FOUNDATIONS, PROFILES, SCANNERS, SETTINGS, SPLIT_SEED, SPLIT_SIZES,
+                       STRATEGIES, TABLE_LABELS, TARGET_FRACTION, VALIDATION_SLICE, Prepared, Profile, Split, Strategy,
+                       TargetCase, arms, assign_scanners, make_split, prepare, validation_split, write_target_folder,
+                       _dataset_cases)
+from .rounds import (RunConfig, annotate, cold_start, cold_start_rule, foundation_model, pretrained_model,
+                     pseudo_quality, query_round, run_strategy, run_unit, summarize_dice, supervised_model, upper_bound,
+                     _read_unit)
 from .summary import curve, format_table, summarize
 
-__all__ = ["EVAL_CLASSES", "PROFILES", "SCANNERS", "SETTINGS", "SPLIT_SEED", "SPLIT_SIZES", "STRATEGIES",
+__all__ = ["EVAL_CLASSES", "EVALUATIONS", "FOUNDATIONS", "VALIDATION_SLICE", "cold_start_rule", "foundation_model",
+           "supervised_model", "validation_split", "result_stem", "PROFILES", "SCANNERS", "SETTINGS", "SPLIT_SEED",
+           "SPLIT_SIZES", "STRATEGIES",
            "TABLE_LABELS", "TARGET_FRACTION", "Prepared", "Profile", "RunConfig", "Split", "Strategy", "TargetCase",
            "annotate", "arms", "assign_scanners", "cold_start", "curve", "format_table", "make_split", "prepare",
            "pretrained_model", "pseudo_quality", "query_round", "run", "run_strategy", "run_unit", "summarize",
@@ -61,7 +65,8 @@ __all__ = ["EVAL_CLASSES", "PROFILES", "SCANNERS", "SETTINGS", "SPLIT_SEED", "SP
 def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] = SETTINGS,
         test_data: Path | None = None, base: Settings | None = None, jobs: int = 1,
         progress: Callable[[str], None] = print, command: list[str] | None = None,
-        results: Path | None = None, report_only: bool = False) -> dict:
+        results: Path | None = None, report_only: bool = False, foundation: str = "self-supervised",
+        evaluation: str = "test") -> dict:
     """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
 
     out: the working folder (image cache, foundation models, workspaces, one
@@ -69,31 +74,35 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     where the result files go (default ``out``).  Returns the result dict.
     ``jobs > 1`` runs (setting, seed) units in that many processes.
     report_only: run nothing; summarise the units (finished or partial) already in ``out``.
+    foundation: ``self-supervised`` or ``supervised`` (:data:`FOUNDATIONS`).
+    evaluation: ``test`` (what is reported) or ``validation`` (what method choices are tuned on).
     """
+    if foundation not in FOUNDATIONS:
+        raise ValueError(f"foundation must be one of {FOUNDATIONS}, not {foundation!r}")
     from ..plotting import plot_label_efficiency
     out = Path(out)
     base = (base or Settings()).replace(use_ssft=False, kfold_min_labels=0, patch_size=profile.patch_size)
     all_ids = sorted(_dataset_cases(Path(data)))
     split = make_split(all_ids, profile.sizes)
-    cfg = RunConfig(out, profile, base, progress)
+    cfg = RunConfig(out, profile, base, progress, foundation)
     started, prov = time.perf_counter(), provenance(command)  # the commit that runs, not the one at the end
-    prepared = {s: prepare(Path(data), out, s, split, test_data) for s in settings_names}
-    source = prepared[settings_names[0]].source_images
+    prepared = {s: prepare(Path(data), out, s, split, test_data, evaluation) for s in settings_names}
+    first = prepared[settings_names[0]]
     if report_only:
         units = [u for seed in range(profile.seeds) for s in settings_names
-                 if (u := _read_unit(out / "units" / f"{s}_seed{seed}.json")) is not None]
+                 if (u := _read_unit(out / "units" / f"{cfg.unit_name(s, seed, evaluation)}.json")) is not None]
     elif jobs > 1:
         # seed-major: the foundation of seed s+1 is pretrained while the units of seed s run
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = []
             for seed in range(profile.seeds):
-                foundation = pretrained_model(cfg, seed, source)
-                futures += [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, foundation)
+                model = foundation_model(cfg, seed, first)
+                futures += [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, model, foundation)
                             for s in settings_names]
             units = [f.result() for f in futures]
     else:
-        units = [run_unit(cfg, prepared[s], seed, pretrained_model(cfg, seed, source))
+        units = [run_unit(cfg, prepared[s], seed, foundation_model(cfg, seed, first))
                  for seed in range(profile.seeds) for s in settings_names]
     summary = summarize(units)
     result = {"benchmark": "label-efficiency", "profile": asdict(profile), "settings_run": list(settings_names),
@@ -101,6 +110,8 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
               "protocol": {"split_seed": SPLIT_SEED, "split_sizes": SPLIT_SIZES, "scanners": SCANNERS,
                            "eval_classes": EVAL_CLASSES, "target_fraction": TARGET_FRACTION,
                            "data": str(data), "test_data": str(test_data) if test_data else None,
+                           "foundation": foundation, "evaluation": evaluation,
+                           "validation_slice": VALIDATION_SLICE if evaluation == "validation" else None,
                            "strategies": {n: asdict(STRATEGIES[n]) for n in profile.strategies}},
               "split": split.to_dict(), "base_settings": base.to_dict(),
               "report_only": report_only,
@@ -108,14 +119,22 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
               "complete": all(u.get("upper_bound") and len(u["strategies"]) == len(profile.strategies)
                               for u in units) and len(units) == profile.seeds * len(settings_names),
               "summary": summary, "units": units}
-    stem = Path(results or out) / f"label_efficiency_{profile.name}"
+    stem = Path(results or out) / result_stem(profile.name, foundation, evaluation)
     write_json(stem.with_suffix(".json"), result)
-    plot_label_efficiency(summary, stem.with_suffix(".png"), title=f"label efficiency ({profile.name} profile)")
+    plot_label_efficiency(summary, stem.with_suffix(".png"),
+                          title=f"label efficiency ({profile.name} profile, {foundation} foundation, {evaluation})")
     return result
 
 
+def result_stem(profile: str, foundation: str = "self-supervised", evaluation: str = "test") -> str:
+    """``label_efficiency_<profile>``, plus the foundation and evaluation where they are not the defaults."""
+    extra = [x for x, default in ((foundation, "self-supervised"), (evaluation, "test")) if x != default]
+    return "_".join(["label_efficiency", profile, *extra])
+
+
 def _unit_in_process(out: Path, profile: Profile, base: Settings, prepared: Prepared, seed: int,
-                     foundation: Path) -> dict:
+                     model: Path, foundation: str) -> dict:
     from ...runtime import set_threads
     set_threads(1)
-    return run_unit(RunConfig(out, profile, base.replace(num_threads=1)), prepared, seed, foundation)
+    return run_unit(RunConfig(out, profile, base.replace(num_threads=1), foundation=foundation), prepared, seed,
+                    model)

@@ -30,6 +30,17 @@ EVAL_CLASSES = (1, 2)
 TABLE_LABELS = (2, 4, 6, 10)
 #: Fraction of the upper bound that "labels to reach" targets.
 TARGET_FRACTION = 0.95
+#: Pool cases held out as the validation split (``--evaluate validation``): the same cases the
+#: recipe sweep validated on.  Method choices are tuned there, never on the test cases.
+VALIDATION_SLICE = (80, 100)
+#: Where the curves are evaluated: on the test cases (reported), or on the validation split
+#: (for tuning; the pool then loses those cases).
+EVALUATIONS = ("test", "validation")
+#: The foundation model every arm starts from (both are measured):
+#: self-supervised: ``pretrain`` on the source images, no labels, no head (the paper's setting);
+#: supervised: that model then fine-tuned with labels on the (unshifted) source cases, so it has a
+#: head from round 0: a model trained elsewhere, adapted to the shifted target scanners.
+FOUNDATIONS = ("self-supervised", "supervised")
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,8 @@ class Profile:
         each later round; 0 (the converged profiles) trains with the product's
         own automatic recipe (``Settings.round_steps``), as a user's rounds do.
     settings: the settings (``multisite``, ``plain``) the profile runs by default.
+    supervised_steps: training steps of the supervised foundation on the labeled
+        source cases (0: the product's automatic recipe).
     """
 
     name: str
@@ -82,6 +95,7 @@ class Profile:
     patch_size: tuple = (40, 56, 48)
     mc_dropout_samples: int = 5
     settings: tuple = SETTINGS
+    supervised_steps: int = 0
 
     @property
     def upper_steps(self) -> int:
@@ -94,7 +108,8 @@ class Profile:
 PROFILES = {
     "quick": Profile("quick", seeds=1, strategies=("random", "atsq", "assft"), rounds=1, budget=2,
                      pretrain_steps=6, cold_steps=6, round_steps=6,
-                     sizes={"source": 6, "pool": 10, "test": 4}, patch_size=(32, 48, 32), mc_dropout_samples=2),
+                     sizes={"source": 6, "pool": 10, "test": 4}, patch_size=(32, 48, 32), mc_dropout_samples=2,
+                     supervised_steps=6),
     # a re-check in the converged regime (the product's recipe, at its default patch) on 2 cores
     "medium": Profile("medium", seeds=2, strategies=("random", "coreset", "assft"), rounds=4, budget=2,
                       pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None, settings=("multisite",),
@@ -209,13 +224,19 @@ def write_target_folder(folder: Path, cases: Sequence, scanner: dict[str, str], 
 
 @dataclass
 class Prepared:
-    """Everything one setting needs: source images, the pool folder, the test cases."""
+    """Everything one setting needs: source images, the pool folder, the evaluation cases.
+
+    test: the cases the curves are evaluated on (the test split, or the validation split).
+    source_folder: the source cases with their labels, unshifted (the supervised foundation's data).
+    """
 
     setting: str
     source_images: list[Path]
     pool_folder: Path
     pool: list[TargetCase]
     test: list[TargetCase]
+    source_folder: Path | None = None
+    evaluation: str = "test"
 
 
 def _dataset_cases(folder: Path) -> dict:
@@ -228,10 +249,40 @@ def _dataset_cases(folder: Path) -> dict:
     return labeled
 
 
-def prepare(data: Path, out: Path, setting: str, split: Split, test_data: Path | None = None) -> Prepared:
-    """Write (or reuse) the cached target folders of one setting."""
+def validation_split(split: Split) -> tuple[list[str], list[str]]:
+    """(pool, validation) case ids of the validation mode: :data:`VALIDATION_SLICE` of the pool held out.
+
+    A pool smaller than the slice (the quick profile) holds out its last fifth.
+    """
+    a, b = VALIDATION_SLICE
+    if len(split.pool) < b:
+        k = max(1, len(split.pool) // 5)
+        return split.pool[:-k], split.pool[-k:]
+    return split.pool[:a] + split.pool[b:], split.pool[a:b]
+
+
+def prepare(data: Path, out: Path, setting: str, split: Split, test_data: Path | None = None,
+            evaluation: str = "test") -> Prepared:
+    """Write (or reuse) the cached target folders of one setting.
+
+    evaluation: ``test`` evaluates on the test split (or ``test_data``);
+    ``validation`` on :data:`VALIDATION_SLICE` of the pool, which the pool then lacks.
+    """
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation must be one of {EVALUATIONS}, not {evaluation!r}")
     cases = _dataset_cases(data)
     cache = out / "cache" / setting
+    source_folder = out / "cache" / "source_labeled"
+    write_target_folder(source_folder, [cases[c] for c in split.source], {c: SCANNERS[0][0] for c in split.source},
+                        "plain")
+    if evaluation == "validation":
+        if test_data is not None:
+            raise ValueError("--test-data evaluates on other cases; it cannot be combined with validation")
+        pool_ids, val_ids = validation_split(split)
+        pool = write_target_folder(cache / "pool_dev", [cases[c] for c in pool_ids], split.scanner, setting)
+        val = write_target_folder(cache / "validation", [cases[c] for c in val_ids], split.scanner, setting)
+        return Prepared(setting, [cases[c].image for c in split.source], cache / "pool_dev", pool, val,
+                        source_folder, evaluation)
     pool = write_target_folder(cache / "pool", [cases[c] for c in split.pool], split.scanner, setting)
     if test_data is None:
         test = write_target_folder(cache / "test", [cases[c] for c in split.test], split.scanner, setting)
@@ -240,6 +291,6 @@ def prepare(data: Path, out: Path, setting: str, split: Split, test_data: Path |
         ids = sorted(ext)
         scanner = assign_scanners(ids, np.random.default_rng(SPLIT_SEED + 1))
         test = write_target_folder(cache / "test_external", [ext[c] for c in ids], scanner, setting)
-    return Prepared(setting, [cases[c].image for c in split.source], cache / "pool", pool, test)
+    return Prepared(setting, [cases[c].image for c in split.source], cache / "pool", pool, test, source_folder)
 
 

@@ -31,6 +31,12 @@ class RunConfig:
     profile: Profile
     base: Settings
     progress: Callable[[str], None] = print
+    foundation: str = "self-supervised"   # protocol.FOUNDATIONS
+
+    def unit_name(self, setting: str, seed: int, evaluation: str = "test") -> str:
+        """The unit file's stem: the default run keeps the historical name; other runs add what differs."""
+        extra = [x for x, default in ((self.foundation, "self-supervised"), (evaluation, "test")) if x != default]
+        return "_".join([setting, *extra, f"seed{seed}"])
 
 
 def _settings_for(cfg: RunConfig, seed: int, strategy: Strategy | None, steps: int, ssft: bool) -> Settings:
@@ -50,6 +56,51 @@ def pretrained_model(cfg: RunConfig, seed: int, source_images: Sequence[Path]) -
         settings = cfg.base.replace(seed=seed, pretrain_steps=cfg.profile.pretrain_steps)
         pretrain([Path(p) for p in source_images], path, settings)
     return path
+
+
+def supervised_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
+    """A model trained elsewhere: the seed's self-supervised foundation fine-tuned on the labeled source cases.
+
+    The source images are unshifted (the other site's scanner); it is trained
+    with the product's own recipe on all their labels, cached by its inputs.
+    """
+    from ...training import finetune_round
+    from ...workspace import Workspace
+    base = pretrained_model(cfg, seed, prepared.source_images)
+    steps = cfg.profile.supervised_steps
+    key = zlib.crc32(f"{base.name}|{prepared.source_folder}|{cfg.base.scoring_hash()}|{steps}".encode())
+    path = cfg.out / "cache" / "foundation" / f"supervised_seed{seed}_{key:08x}.pt"
+    if path.exists():
+        return path
+    cfg.progress(f"training the supervised foundation (seed {seed}, {len(prepared.source_images)} labeled source "
+                 "cases)")
+    folder = cfg.out / "cache" / "foundation" / f"supervised_seed{seed}_ws"
+    if folder.exists():
+        shutil.rmtree(folder)
+    settings = cfg.base.replace(seed=seed, steps=steps, use_ssft=False, kfold_min_labels=0)
+    ws = Workspace.create(folder, dataset=prepared.source_folder, settings=settings, import_labels=True)
+    try:
+        ws.register_model(base, kind="foundation")
+        finetune_round(ws, settings)
+        from ...fileutil import atomic_path
+        with atomic_path(path) as tmp:
+            shutil.copyfile(ws.current_model().path, tmp)
+    finally:
+        ws.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
+def foundation_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
+    """The model every arm of one seed starts from, as ``cfg.foundation`` says."""
+    if cfg.foundation == "supervised":
+        return supervised_model(cfg, seed, prepared)
+    return pretrained_model(cfg, seed, prepared.source_images)
+
+
+def cold_start_rule(cfg: RunConfig, strategy: Strategy) -> str:
+    """The rule of a strategy's first query: its own when the foundation has a head, else its cold-start rule."""
+    return strategy.query if cfg.foundation == "supervised" else strategy.cold_start
 
 
 def _new_workspace(folder: Path, prepared: Prepared, settings: Settings, foundation: Path):
@@ -220,19 +271,27 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
     The partial result is rewritten after each strategy, so an interrupted run
     keeps (and on restart skips) what finished.
     """
-    unit_path = cfg.out / "units" / f"{prepared.setting}_seed{seed}.json"
-    run_dir = cfg.out / "runs" / f"{prepared.setting}_seed{seed}"
-    unit = _read_unit(unit_path) or {"setting": prepared.setting, "seed": seed, "strategies": {}, "upper_bound": None}
+    name_ = cfg.unit_name(prepared.setting, seed, prepared.evaluation)
+    unit_path = cfg.out / "units" / f"{name_}.json"
+    run_dir = cfg.out / "runs" / name_
+    unit = _read_unit(unit_path) or {"setting": prepared.setting, "seed": seed, "strategies": {}, "upper_bound": None,
+                                     "foundation": cfg.foundation, "evaluation": prepared.evaluation}
+    if unit.get("foundation_eval") is None and cfg.foundation == "supervised":
+        # where the curves start: the model trained elsewhere, on the target scanners, before any target label
+        unit["foundation_eval"] = {"labels": 0, **_evaluate(foundation, prepared.test, cfg.base.replace(seed=seed))}
+        write_json(unit_path, unit)
     colds: dict[str, ColdStart] = {}
     for name in cfg.profile.strategies:
         if name in unit["strategies"]:
             continue
         strategy = STRATEGIES[name]
-        if strategy.cold_start not in colds:
-            cfg.progress(f"  {prepared.setting} seed {seed}: cold start by {strategy.cold_start}")
-            colds[strategy.cold_start] = cold_start(cfg, run_dir, prepared, seed, strategy.cold_start, foundation)
+        rule = cold_start_rule(cfg, strategy)
+        if rule not in colds:
+            cfg.progress(f"  {prepared.setting} seed {seed}: cold start by {rule}")
+            colds[rule] = cold_start(cfg, run_dir, prepared, seed, rule, foundation)
         t0 = time.perf_counter()
-        res = run_strategy(cfg, run_dir, prepared, seed, strategy, foundation, colds[strategy.cold_start])
+        res = run_strategy(cfg, run_dir, prepared, seed, strategy, foundation, colds[rule])
+        res["cold_start"] = rule
         res["seconds"] = time.perf_counter() - t0
         unit["strategies"][name] = res
         write_json(unit_path, unit)

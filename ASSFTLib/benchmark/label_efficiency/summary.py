@@ -30,7 +30,9 @@ def summarize(units: Sequence[dict]) -> dict:
     for setting in sorted({u["setting"] for u in units}):
         mine = [u for u in units if u["setting"] == setting]
         uppers = [u["upper_bound"]["dice"] for u in mine if u.get("upper_bound")]
+        start = [u["foundation_eval"]["dice"] for u in mine if u.get("foundation_eval")]
         entry = {"seeds": [u["seed"] for u in mine], "upper_bound": _mean_sd(uppers),
+                 "foundation_dice": _mean_sd(start) if start else None,
                  "upper_bound_labels": max((u["upper_bound"]["labels"] for u in mine if u.get("upper_bound")),
                                            default=None), "strategies": {}}
         names = [n for n in STRATEGIES if any(n in u["strategies"] for u in mine)]
@@ -91,7 +93,10 @@ def format_table(summary: dict) -> str:
     for setting, entry in summary.items():
         ub = entry["upper_bound"]
         ub_text = "n/a" if ub["mean"] is None else f"{ub['mean']:.3f} ± {ub['sd']:.3f}"
-        lines.append(f"hippo-{setting}  (seeds {entry['seeds']}, upper bound with all pool labels: Dice {ub_text})")
+        start = entry.get("foundation_dice")
+        start_text = "" if not start else f"; the foundation before any target label: Dice {_fmt(start)}"
+        lines.append(f"hippo-{setting}  (seeds {entry['seeds']}, upper bound with all pool labels: Dice {ub_text}"
+                     f"{start_text})")
         head = f"  {'strategy':<12} {'nAUC':>13}" + "".join(f" {'Dice@' + str(n):>13}" for n in TABLE_LABELS)
         lines.append(head + f" {'labels→95%UB':>14} {'nAUC - random [95% CI]':>26}")
         for name, s in entry["strategies"].items():

@@ -403,3 +403,71 @@ def coreset_select(z, labeled_z, budget: int) -> Selection:
         return Selection(order=order, picked=order[:min(budget, n)], components={"div_at_pick": div})
     sel = greedy_diversified(np.ones(n), z, labeled_z, budget)
     return Selection(order=sel.order, picked=sel.picked, components={"div_at_pick": sel.components["div_at_pick"]})
+
+
+def typicality(z, neighbours: int = 20) -> np.ndarray:
+    """Typicality of each case: 1 / mean cosine distance to its ``neighbours`` nearest others (TypiClust).
+
+    z: ``(n, D)``.  A case in a dense part of the pool is typical; an outlier is not.
+    """
+    z = _as_embeddings("embeddings", z)
+    n = z.shape[0]
+    if n <= 1:
+        return np.ones(n)
+    d = cosine_distance(z, z)
+    np.fill_diagonal(d, np.inf)
+    k = min(int(neighbours), n - 1)
+    return 1.0 / (np.sort(d, axis=1)[:, :k].mean(axis=1) + EPS)
+
+
+def _kmeans_labels(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from scipy.cluster.vq import kmeans2
+    rng = np.random.default_rng(seed)
+    try:
+        _, labels = kmeans2(x, k, minit="++", rng=rng)
+    except TypeError:  # SciPy before 1.15 (Slicer 5.6/5.8's Python 3.9) calls it seed
+        _, labels = kmeans2(x, k, minit="++", seed=rng)
+    return labels
+
+
+def typical_select(z, labeled_z, budget: int, seed: int = 0, neighbours: int = 20) -> Selection:
+    """TypiClust (Hacohen et al., ICML 2022): representative cases for very small budgets.
+
+    U ∪ L is clustered by k-means into ``|L| + b`` clusters of the
+    L2-normalised embeddings; b times, the largest cluster that holds no
+    labeled or picked case gives its most typical case (:func:`typicality`).
+    At a budget of a few volumes, typical cases teach a model more than
+    unusual ones (the opposite of uncertainty sampling at large budgets).
+    The rest is ranked by typicality.  Components: ``typicality``, ``cluster``.
+    """
+    budget = _check_budget(budget)
+    z = _as_embeddings("pool embeddings", z)
+    n = z.shape[0]
+    labeled_z = _as_embeddings("labeled embeddings", labeled_z, dim=z.shape[1] if n else None)
+    typ = typicality(z, neighbours) if n else np.zeros(0)
+    if n == 0:
+        return Selection(order=[], picked=[], components={"typicality": typ, "cluster": np.zeros(0)})
+    allz = np.concatenate([z, labeled_z]) if labeled_z.shape[0] else z
+    allz = allz / np.maximum(np.linalg.norm(allz, axis=1, keepdims=True), EPS)
+    k = min(labeled_z.shape[0] + min(budget, n), allz.shape[0])
+    labels = _kmeans_labels(allz, k, seed) if k > 1 else np.zeros(allz.shape[0], int)
+    pool_labels = labels[:n]
+    covered = set(labels[n:].tolist())
+    available = np.ones(n, bool)
+    picked: list[int] = []
+    for _ in range(min(budget, n)):
+        sizes = {c: int(np.sum(labels == c)) for c in set(pool_labels[available].tolist()) if c not in covered}
+        if sizes:  # the largest uncovered cluster (ties: lower cluster id)
+            cluster = max(sorted(sizes), key=lambda c: sizes[c])
+            members = available & (pool_labels == cluster)
+        else:      # every cluster covered: the most typical case left
+            cluster, members = None, available
+        i = int(np.argmax(np.where(members, typ, -np.inf)))
+        picked.append(i)
+        available[i] = False
+        covered.add(int(pool_labels[i]) if cluster is None else cluster)
+    rest = np.flatnonzero(available)
+    rest = rest[np.lexsort((rest, -typ[rest]))]
+    order = picked + rest.tolist()
+    return Selection(order=order, picked=picked,
+                     components={"typicality": typ, "cluster": pool_labels.astype(float)})

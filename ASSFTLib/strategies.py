@@ -144,6 +144,10 @@ register(Strategy(
     "coreset", lambda pool, p: query.coreset_select(pool.zt, pool.labeled_z, p.budget), (), (),
     "core-set k-center greedy on the embeddings", "#17becf", cold_start="coreset"))
 register(Strategy(
+    "typical", lambda pool, p: query.typical_select(pool.zt, pool.labeled_z, p.budget, p.seed), (), (),
+    "TypiClust: the most typical volume of each uncovered embedding cluster (for the first few labels)",
+    "#bfa000", cold_start="typical"))
+register(Strategy(
     "dkd", lambda pool, p: query.dkd_select(pool.get("K"), pool.zt, pool.labeled_z, p.budget, p.gamma), ("K",), (),
     "knowledge divergence times diversity (greedy)", "#9467bd", cold_start="dkd"))
 register(Strategy(

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     le.add_argument("--evaluate", choices=("test", "validation"), default="test",
                     help="test: the reported test cases; validation: 20 pool cases held out for tuning method "
                          "choices (the pool loses them) (default: %(default)s)")
+    le.add_argument("--cold-start", metavar="RULE",
+                    help="an ablation: this rule (a strategy that needs no head, e.g. typical, random, coreset) "
+                         "replaces the DKD cold start of ATSQ, ASSFT and DKD with the self-supervised foundation")
     le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
     le.add_argument("--results", type=Path, help="folder for the result JSON and PNG (default: --out)")
     le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
@@ -98,14 +101,21 @@ def run(args: argparse.Namespace) -> int:
             from ..errors import ASSFTError
             raise ASSFTError(f"unknown strategies: {', '.join(unknown)}", hint=f"choose from {', '.join(le.STRATEGIES)}")
         changes["strategies"] = names
+    if args.cold_start is not None:
+        from ..strategies import REGISTRY
+        usable = [n for n, s in REGISTRY.items() if not s.needs]
+        if args.cold_start not in usable:
+            from ..errors import ASSFTError
+            raise ASSFTError(f"--cold-start {args.cold_start!r} is not a rule that runs without a task head",
+                             hint=f"choose from {', '.join(usable)}")
     profile = dataclasses.replace(profile, **changes)
     settings_names = (profile.settings if args.setting is None else le.SETTINGS if args.setting == "both"
                       else (args.setting,))
     result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
                     base=Settings(num_threads=args.threads), jobs=args.jobs, command=command,
                     results=args.results, report_only=args.report_only, foundation=args.foundation,
-                    evaluation=args.evaluate)
+                    evaluation=args.evaluate, cold_start=args.cold_start)
     print(le.format_table(result["summary"]))
-    stem = le.result_stem(profile.name, args.foundation, args.evaluate)
+    stem = le.result_stem(profile.name, args.foundation, args.evaluate, args.cold_start)
     print(f"results: {Path(args.results or args.out) / stem}.json (+ .png)")
     return 0

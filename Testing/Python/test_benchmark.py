@@ -247,3 +247,23 @@ def test_supervised_foundation_on_the_validation_split_end_to_end(hippo_dir, tmp
     (model,) = (tmp_path / "cache" / "foundation").glob("supervised_seed0_*.pt")
     from ASSFTLib.models import load_model
     assert load_model(model).spec.has_task_head
+
+
+def test_cold_start_rule_by_foundation_and_ablation(tmp_path):
+    from ASSFTLib.benchmark.label_efficiency.rounds import RunConfig
+    profile = le.PROFILES["quick"]
+    plain = RunConfig(tmp_path, profile, le.Settings())
+    assert [le.cold_start_rule(plain, le.STRATEGIES[n]) for n in ("random", "coreset", "atsq", "assft", "asd")] == \
+        ["random", "coreset", "dkd", "dkd", "random"]
+    ablation = RunConfig(tmp_path, profile, le.Settings(), cold_start="typical")
+    assert [le.cold_start_rule(ablation, le.STRATEGIES[n]) for n in ("random", "coreset", "atsq", "assft", "dkd")] \
+        == ["random", "coreset", "typical", "typical", "typical"]
+    supervised = RunConfig(tmp_path, profile, le.Settings(), foundation="supervised")
+    assert [le.cold_start_rule(supervised, le.STRATEGIES[n]) for n in ("random", "asd", "assft")] == \
+        ["random", "asd", "atsq"]
+    # each variant has its own unit files and result files, so one --out holds them all
+    names = {plain.unit_name("multisite", 0), ablation.unit_name("multisite", 0),
+             supervised.unit_name("multisite", 0), supervised.unit_name("multisite", 0, "validation")}
+    assert plain.unit_name("multisite", 0) == "multisite_seed0" and len(names) == 4
+    assert le.result_stem("medium", "supervised", "validation", "typical") == \
+        "label_efficiency_medium_supervised_validation_cold-typical"

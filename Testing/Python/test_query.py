@@ -250,3 +250,40 @@ def test_random_select_is_a_seeded_permutation():
     a, b, c = query.random_select(20, 5, seed=1), query.random_select(20, 5, seed=1), query.random_select(20, 5, seed=2)
     assert a.order == b.order and a.order != c.order and sorted(a.order) == list(range(20))
     assert a.picked == a.order[:5]
+
+
+def _blobs(sizes, spread=0.05, seed=0):
+    """Unit embeddings in tight blobs around orthogonal directions, with one far outlier per blob."""
+    rng = np.random.default_rng(seed)
+    rows, blob = [], []
+    for b, size in enumerate(sizes):
+        centre = np.zeros(len(sizes) + 1)
+        centre[b] = 1.0
+        for _ in range(size):
+            rows.append(centre + spread * rng.standard_normal(centre.size))
+            blob.append(b)
+    return _unit(np.array(rows)), np.array(blob)
+
+
+def test_typicality_is_high_in_dense_regions_and_low_for_outliers():
+    z, _ = _blobs([12])
+    outlier = _unit([[0.3, 1.0]])
+    t = query.typicality(np.concatenate([z, outlier]), neighbours=5)
+    assert t[-1] < t[:-1].min()
+
+
+def test_typical_select_takes_the_most_typical_case_of_each_uncovered_cluster():
+    z, blob = _blobs([20, 12, 6])
+    sel = query.typical_select(z, np.zeros((0, z.shape[1])), 3, seed=0, neighbours=5)
+    assert sorted(blob[sel.picked].tolist()) == [0, 1, 2], "one pick per cluster"
+    assert blob[sel.picked[0]] == 0, "the largest cluster first"
+    typ = query.typicality(z, 5)
+    for i in sel.picked:   # within its cluster, the pick is the most typical case
+        assert typ[i] == pytest.approx(typ[blob == blob[i]].max())
+    assert sorted(sel.order) == list(range(len(z)))
+    # a labeled case covers its cluster: the next picks come from the others
+    labeled = z[blob == 0][:1]
+    sel = query.typical_select(z, labeled, 2, seed=0, neighbours=5)
+    assert sorted(blob[sel.picked].tolist()) == [1, 2]
+    # deterministic for a seed
+    assert query.typical_select(z, [], 3, seed=3).order == query.typical_select(z, [], 3, seed=3).order

@@ -62,6 +62,7 @@ def test_registry_matches_the_selectors_it_wraps():
         "random": query.random_select(6, 2, 4),
         "bald": query.bald_select([r["bald"] for r in records], 2),
         "coreset": query.coreset_select(zt, labeled, 2),
+        "typical": query.typical_select(zt, labeled, 2, 4),
     }
     for name, sel in expected.items():
         assert scoring.select(name, records, labeled, 2, s, "bnstats").order == sel.order, name
@@ -91,8 +92,8 @@ def test_one_registry_entry_reaches_settings_ranking_benchmark_and_plot(monkeypa
 
 
 def test_benchmark_arms_are_the_registry_plus_ssft_variants():
-    assert list(le.STRATEGIES) == ["random", "entropy", "bald", "coreset", "dkd", "asd", "atsq", "random+ssft",
-                                   "assft"]
+    assert list(le.STRATEGIES) == ["random", "entropy", "bald", "coreset", "typical", "dkd", "asd", "atsq",
+                                   "random+ssft", "assft"]
     assert le.STRATEGIES["assft"] == le.Strategy("assft", "atsq", True, "dkd")
     assert {a.cold_start for a in le.STRATEGIES.values()} <= set(strategies.names())
     with pytest.raises(ValueError, match="unknown measurements"):

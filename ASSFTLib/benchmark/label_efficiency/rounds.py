@@ -32,10 +32,13 @@ class RunConfig:
     base: Settings
     progress: Callable[[str], None] = print
     foundation: str = "self-supervised"   # protocol.FOUNDATIONS
+    cold_start: str | None = None         # replaces the DKD cold start of the ATSQ family (an ablation)
 
     def unit_name(self, setting: str, seed: int, evaluation: str = "test") -> str:
         """The unit file's stem: the default run keeps the historical name; other runs add what differs."""
         extra = [x for x, default in ((self.foundation, "self-supervised"), (evaluation, "test")) if x != default]
+        if self.cold_start:
+            extra.append(f"cold-{self.cold_start}")
         return "_".join([setting, *extra, f"seed{seed}"])
 
 
@@ -99,8 +102,15 @@ def foundation_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
 
 
 def cold_start_rule(cfg: RunConfig, strategy: Strategy) -> str:
-    """The rule of a strategy's first query: its own when the foundation has a head, else its cold-start rule."""
-    return strategy.query if cfg.foundation == "supervised" else strategy.cold_start
+    """The rule of a strategy's first query: its own when the foundation has a head, else its cold-start rule.
+
+    ``cfg.cold_start`` replaces the DKD cold start of the ATSQ family (ATSQ, ASSFT, DKD) for an ablation.
+    """
+    if cfg.foundation == "supervised":
+        return strategy.query
+    if cfg.cold_start and strategy.cold_start == "dkd":
+        return cfg.cold_start
+    return strategy.cold_start
 
 
 def _new_workspace(folder: Path, prepared: Prepared, settings: Settings, foundation: Path):

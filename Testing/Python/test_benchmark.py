@@ -267,3 +267,11 @@ def test_cold_start_rule_by_foundation_and_ablation(tmp_path):
     assert plain.unit_name("multisite", 0) == "multisite_seed0" and len(names) == 4
     assert le.result_stem("medium", "supervised", "validation", "typical") == \
         "label_efficiency_medium_supervised_validation_cold-typical"
+
+
+def test_full_profile_runs_five_seeds_of_the_method_and_anchors_and_three_of_the_rest():
+    full = le.PROFILES["full"]
+    five = {n for n in full.strategies if full.seeds_of(n) == 5}
+    assert five == {"random", "coreset", "asd", "atsq", "assft"}
+    assert all(full.seeds_of(n) == 3 for n in set(full.strategies) - five)
+    assert le.PROFILES["medium"].seeds_of("assft") == le.PROFILES["medium"].seeds

@@ -117,7 +117,8 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
               "split": split.to_dict(), "base_settings": base.to_dict(),
               "report_only": report_only,
               "wall_seconds": None if report_only else time.perf_counter() - started,
-              "complete": all(u.get("upper_bound") and len(u["strategies"]) == len(profile.strategies)
+              "complete": all(u.get("upper_bound") and set(u["strategies"]) >= {n for n in profile.strategies
+                                                                               if u["seed"] < profile.seeds_of(n)}
                               for u in units) and len(units) == profile.seeds * len(settings_names),
               "summary": summary, "units": units}
     stem = Path(results or out) / result_stem(profile.name, foundation, evaluation, cold_start)

@@ -81,6 +81,7 @@ class Profile:
     settings: the settings (``multisite``, ``plain``) the profile runs by default.
     supervised_steps: training steps of the supervised foundation on the labeled
         source cases (0: the product's automatic recipe).
+    arm_seeds: fewer seeds for some arms (the weaker baselines), the first ones of ``seeds``.
     """
 
     name: str
@@ -96,6 +97,11 @@ class Profile:
     mc_dropout_samples: int = 5
     settings: tuple = SETTINGS
     supervised_steps: int = 0
+    arm_seeds: dict | None = None
+
+    def seeds_of(self, strategy: str) -> int:
+        """Seeds a strategy runs: ``arm_seeds`` where it names it, else all of ``seeds``."""
+        return min(self.seeds, (self.arm_seeds or {}).get(strategy, self.seeds))
 
     @property
     def upper_steps(self) -> int:
@@ -114,10 +120,12 @@ PROFILES = {
     "medium": Profile("medium", seeds=2, strategies=("random", "coreset", "assft"), rounds=4, budget=2,
                       pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None, settings=("multisite",),
                       patch_size=(32, 48, 32)),
-    # the method and its two anchors first, so that an interrupted run has them
-    "full": Profile("full", seeds=3, strategies=("random", "assft", "atsq", "random+ssft", "dkd", "asd", "entropy",
-                                                 "bald", "coreset"), rounds=4, budget=2,
-                    pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None),
+    # the method and its two anchors first, so that an interrupted run has them; 5 seeds for the method, its
+    # parts and the two anchors, 3 for the other baselines
+    "full": Profile("full", seeds=5, strategies=("random", "assft", "atsq", "coreset", "asd", "random+ssft", "dkd",
+                                                 "entropy", "bald"), rounds=4, budget=2,
+                    pretrain_steps=1000, cold_steps=0, round_steps=0, sizes=None,
+                    arm_seeds={"random+ssft": 3, "dkd": 3, "entropy": 3, "bald": 3}),
 }
 
 

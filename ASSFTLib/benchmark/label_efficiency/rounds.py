@@ -292,7 +292,7 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         write_json(unit_path, unit)
     colds: dict[str, ColdStart] = {}
     for name in cfg.profile.strategies:
-        if name in unit["strategies"]:
+        if name in unit["strategies"] or seed >= cfg.profile.seeds_of(name):
             continue
         strategy = STRATEGIES[name]
         rule = cold_start_rule(cfg, strategy)

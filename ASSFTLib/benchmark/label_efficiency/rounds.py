@@ -7,6 +7,7 @@ an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import time
 import zlib
@@ -305,6 +306,10 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         res["seconds"] = time.perf_counter() - t0
         unit["strategies"][name] = res
         write_json(unit_path, unit)
+    if unit["upper_bound"] is None and cfg.cold_start:
+        # the upper bound does not depend on the cold start: the run without the ablation may have it
+        without = dataclasses.replace(cfg, cold_start=None).unit_name(prepared.setting, seed, prepared.evaluation)
+        unit["upper_bound"] = (_read_unit(cfg.out / "units" / f"{without}.json") or {}).get("upper_bound")
     if unit["upper_bound"] is None:
         cfg.progress(f"  {prepared.setting} seed {seed}: upper bound (all pool labels)")
         unit["upper_bound"] = upper_bound(cfg, run_dir, prepared, seed, foundation)

@@ -302,8 +302,14 @@ def _pick(q: np.ndarray, mind: np.ndarray, available: np.ndarray) -> int:
     return int(np.argmax(np.where(ties, mind, -np.inf)))
 
 
-def greedy_diversified(base, z, labeled_z, budget: int, gamma: float = 1.0) -> Selection:
+def greedy_diversified(base, z, labeled_z, budget: int, gamma: float = 1.0,
+                       diversity_scale: str = "distance") -> Selection:
     """Greedy batch: b times add argmax over U \\ S of ``base(x) · Div(x | S)^gamma``.
+
+    diversity_scale: ``distance`` uses Div as defined (a cosine distance, often
+    0.01-0.3, so its spread can outweigh the rank-normalised base); ``rank``
+    rank-normalises Div over the remaining candidates at each pick, so that
+    base and diversity count alike.
 
     base: ``(n,)`` non-negative utilities; z: ``(n, D)`` pool embeddings;
     labeled_z: ``(m, D)`` embeddings of L.  The rest is ranked by the same score
@@ -325,16 +331,23 @@ def greedy_diversified(base, z, labeled_z, budget: int, gamma: float = 1.0) -> S
     div_at = np.zeros(n)
     q_at = np.zeros(n)
     picked: list[int] = []
+    def scaled(div: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        if diversity_scale != "rank" or not candidates.any():
+            return div
+        out = np.zeros(n)
+        out[candidates] = rank_normalize(div[candidates])
+        return out
+
     for _ in range(min(budget, n)):
         div = np.where(np.isinf(mind), 1.0, mind)
-        q = base * div ** gamma
+        q = base * scaled(div, available) ** gamma
         i = _pick(q, div, available)
         picked.append(i)
         div_at[i], q_at[i] = div[i], q[i]
         available[i] = False
         mind = np.minimum(mind, np.clip(1.0 - zn @ zn[i], 0.0, 2.0))
     div = np.where(np.isinf(mind), 1.0, mind)
-    q = base * div ** gamma
+    q = base * scaled(div, available) ** gamma
     rest = np.flatnonzero(available)
     # descending q, then descending distance to L ∪ S, then lower index
     rest = rest[np.lexsort((rest, -div[rest], -q[rest]))]
@@ -344,7 +357,7 @@ def greedy_diversified(base, z, labeled_z, budget: int, gamma: float = 1.0) -> S
 
 
 def atsq_select(K, asd, z, labeled_z, budget: int, weight: float = 0.5, gamma: float = 1.0,
-                has_task_head: bool = True) -> Selection:
+                has_task_head: bool = True, diversity_scale: str = "distance") -> Selection:
     """ATSQ: greedy ``q(x) = [w · K̂(x) + (1 − w) · ASD̂(x)] · Div(x | S)^γ``.
 
     K, asd: ``(n,)`` raw knowledge divergence and ASD over the pool U (either may
@@ -372,14 +385,15 @@ def atsq_select(K, asd, z, labeled_z, budget: int, weight: float = 0.5, gamma: f
         elif K is None:
             weight = 0.0
         base = weight * components.get("K_hat", np.zeros(n)) + (1.0 - weight) * components["ASD_hat"]
-    sel = greedy_diversified(base, z, labeled_z, budget, gamma)
+    sel = greedy_diversified(base, z, labeled_z, budget, gamma, diversity_scale)
     sel.components = {**components, **sel.components}
     return sel
 
 
-def dkd_select(K, z, labeled_z, budget: int, gamma: float = 1.0) -> Selection:
+def dkd_select(K, z, labeled_z, budget: int, gamma: float = 1.0, diversity_scale: str = "distance") -> Selection:
     """DKD only: greedy ``K̂(x) · Div(x | S)^γ``."""
-    return atsq_select(K, None, z, labeled_z, budget, weight=1.0, gamma=gamma, has_task_head=False)
+    return atsq_select(K, None, z, labeled_z, budget, weight=1.0, gamma=gamma, has_task_head=False,
+                       diversity_scale=diversity_scale)
 
 
 def coreset_select(z, labeled_z, budget: int) -> Selection:

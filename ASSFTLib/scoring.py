@@ -307,7 +307,8 @@ def select(strategy: str, records: list[dict], labeled_z: np.ndarray, budget: in
         scores[name] = values
     head = n > 0 and all(r.get("has_task_head") for r in records)
     pool = strategies.Pool(zt, labeled_z, scores, has_task_head=head)
-    params = strategies.QueryParams(budget, settings.query_weight, settings.diversity_gamma, settings.seed)
+    params = strategies.QueryParams(budget, settings.query_weight, settings.diversity_gamma, settings.seed,
+                                    settings.diversity_scale)
     return entry.select(pool, params)
 
 

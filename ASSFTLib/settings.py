@@ -37,6 +37,7 @@ class Settings:
     roi_fallback_fraction: float = 0.005    # top 0.5% voxels by foreground probability
     query_weight: float = 0.5               # w
     diversity_gamma: float = 1.0            # gamma
+    diversity_scale: str = "distance"       # distance: Div as defined; rank: Div rank-normalised at each pick
     mc_dropout_samples: int = 0             # BALD samples; 0 = only when the strategy asks
     strategy: str = "atsq"                  # a name in strategies.REGISTRY
     budget: int = 2                         # b volumes per round
@@ -98,6 +99,7 @@ class Settings:
         check(self.strategy in strategies.names(),
               f"strategy={self.strategy!r} (one of {', '.join(strategies.names())})")
         check(self.finetune_mode in ("full", "frozen_encoder", "restart"), f"finetune_mode={self.finetune_mode!r}")
+        check(self.diversity_scale in ("distance", "rank"), f"diversity_scale={self.diversity_scale!r} (distance or rank)")
         for name in ("fg_threshold", "query_weight", "confidence_threshold", "voxel_confidence",
                      "pseudo_ramp_fraction", "sw_overlap"):
             v = getattr(self, name)

@@ -54,12 +54,13 @@ class Pool:
 
 @dataclass(frozen=True)
 class QueryParams:
-    """The query knobs of ``Settings`` a selector may use (budget b, weight w, gamma, seed)."""
+    """The query knobs of ``Settings`` a selector may use (budget b, weight w, gamma, seed, diversity scale)."""
 
     budget: int
     weight: float = 0.5
     gamma: float = 1.0
     seed: int = 0
+    diversity_scale: str = "distance"
 
 
 Selector = Callable[[Pool, QueryParams], query.Selection]
@@ -148,13 +149,15 @@ register(Strategy(
     "TypiClust: the most typical volume of each uncovered embedding cluster (for the first few labels)",
     "#bfa000", cold_start="typical"))
 register(Strategy(
-    "dkd", lambda pool, p: query.dkd_select(pool.get("K"), pool.zt, pool.labeled_z, p.budget, p.gamma), ("K",), (),
+    "dkd", lambda pool, p: query.dkd_select(pool.get("K"), pool.zt, pool.labeled_z, p.budget, p.gamma,
+                                             p.diversity_scale), ("K",), (),
     "knowledge divergence times diversity (greedy)", "#9467bd", cold_start="dkd"))
 register(Strategy(
     "asd", lambda pool, p: query.asd_select(pool.get("asd"), p.budget), ("asd",), (),
     "foreground-ROI entropy only, highest first", "#e377c2"))
 register(Strategy(
     "atsq", lambda pool, p: query.atsq_select(pool.get("K"), pool.get("asd"), pool.zt, pool.labeled_z, p.budget,
-                                              p.weight, p.gamma, has_task_head=pool.has_task_head),
+                                              p.weight, p.gamma, has_task_head=pool.has_task_head,
+                                              diversity_scale=p.diversity_scale),
     (), ("K", "asd"), "(w K + (1-w) ASD) times diversity, greedy: the method", "#1f77b4",
     cold_start="dkd", ssft_arm="assft", ssft_color="#d62728"))

@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     le.add_argument("--cold-start", metavar="RULE",
                     help="an ablation: this rule (a strategy that needs no head, e.g. typical, random, coreset) "
                          "replaces the DKD cold start of ATSQ, ASSFT and DKD with the self-supervised foundation")
+    le.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="an ablation: change one setting of every arm (repeatable; e.g. diversity_scale=rank); "
+                         "the run's units and result files are named after the changes")
     le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
     le.add_argument("--results", type=Path, help="folder for the result JSON and PNG (default: --out)")
     le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
@@ -75,6 +78,29 @@ def _size(text: str) -> tuple[int, int, int] | None:
     return parts
 
 
+def _overrides(base, pairs: list) -> tuple:
+    """``base`` with ``KEY=VALUE`` changes (values read as JSON where they parse, else as text) and their name."""
+    import json
+
+    from ..errors import ASSFTError
+    changes = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ASSFTError(f"--set {pair!r} is not KEY=VALUE", hint="for example --set diversity_scale=rank")
+        try:
+            changes[key] = json.loads(text)
+        except ValueError:
+            changes[key] = text
+    if not changes:
+        return base, ""
+    try:
+        base = base.replace(**changes)
+    except TypeError as exc:
+        raise ASSFTError(f"--set names an unknown setting: {exc}", hint="see settings.json for the names") from exc
+    return base, "set-" + ",".join(f"{k}={changes[k]}" for k in sorted(changes))
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -109,13 +135,14 @@ def run(args: argparse.Namespace) -> int:
             raise ASSFTError(f"--cold-start {args.cold_start!r} is not a rule that runs without a task head",
                              hint=f"choose from {', '.join(usable)}")
     profile = dataclasses.replace(profile, **changes)
+    base, variant = _overrides(Settings(num_threads=args.threads), args.overrides)
     settings_names = (profile.settings if args.setting is None else le.SETTINGS if args.setting == "both"
                       else (args.setting,))
     result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
-                    base=Settings(num_threads=args.threads), jobs=args.jobs, command=command,
+                    base=base, jobs=args.jobs, command=command,
                     results=args.results, report_only=args.report_only, foundation=args.foundation,
-                    evaluation=args.evaluate, cold_start=args.cold_start)
+                    evaluation=args.evaluate, cold_start=args.cold_start, variant=variant)
     print(le.format_table(result["summary"]))
-    stem = le.result_stem(profile.name, args.foundation, args.evaluate, args.cold_start)
+    stem = le.result_stem(profile.name, args.foundation, args.evaluate, args.cold_start, variant)
     print(f"results: {Path(args.results or args.out) / stem}.json (+ .png)")
     return 0

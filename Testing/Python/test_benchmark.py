@@ -275,3 +275,15 @@ def test_full_profile_runs_five_seeds_of_the_method_and_anchors_and_three_of_the
     assert five == {"random", "coreset", "asd", "atsq", "assft"}
     assert all(full.seeds_of(n) == 3 for n in set(full.strategies) - five)
     assert le.PROFILES["medium"].seeds_of("assft") == le.PROFILES["medium"].seeds
+
+
+def test_set_overrides_change_the_base_settings_and_name_the_variant():
+    from ASSFTLib.commands.benchmark import _overrides
+    from ASSFTLib.errors import ASSFTError
+    base, variant = _overrides(le.Settings(), ["diversity_scale=rank", "query_weight=0.3"])
+    assert base.diversity_scale == "rank" and base.query_weight == 0.3
+    assert variant == "set-diversity_scale=rank,query_weight=0.3"
+    assert _overrides(le.Settings(), []) == (le.Settings(), "")
+    for bad in (["no_equals"], ["not_a_setting=1"], ["diversity_scale=sideways"]):
+        with pytest.raises(ASSFTError):
+            _overrides(le.Settings(), bad)

@@ -287,3 +287,22 @@ def test_typical_select_takes_the_most_typical_case_of_each_uncovered_cluster():
     assert sorted(blob[sel.picked].tolist()) == [1, 2]
     # deterministic for a seed
     assert query.typical_select(z, [], 3, seed=3).order == query.typical_select(z, [], 3, seed=3).order
+
+
+def test_rank_scaled_diversity_lets_the_base_score_count_as_much_as_distance():
+    # three candidates: a high base close to L, a low base far from L, a middle one
+    labeled = _unit([[1.0, 0.0, 0.0]])
+    z = _unit([[1.0, 0.12, 0.0], [0.0, 1.0, 0.0], [1.0, 0.5, 0.0]])
+    base = np.array([1.0, 0.2, 0.9])
+    raw = query.greedy_diversified(base, z, labeled, 1)
+    ranked = query.greedy_diversified(base, z, labeled, 1, diversity_scale="rank")
+    div = query.diversity(z, labeled)
+    # with raw distances the far case wins although its base is lowest ...
+    assert raw.picked == [int(np.argmax(base * div))] == [1]
+    # ... rank-scaled, distance ranks (0, 1, 0.5) weigh the same as the base: the middle case wins
+    assert ranked.picked == [2]
+    # with L ∪ S empty diversity is constant and both scales pick the highest base
+    empty = np.zeros((0, 3))
+    assert query.greedy_diversified(base, z, empty, 1, diversity_scale="rank").picked == [0]
+    assert query.atsq_select([3, 1, 2], None, z, labeled, 2, has_task_head=False, diversity_scale="rank").picked \
+        == query.dkd_select([3, 1, 2], z, labeled, 2, diversity_scale="rank").picked

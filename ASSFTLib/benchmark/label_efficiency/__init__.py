@@ -66,7 +66,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
         test_data: Path | None = None, base: Settings | None = None, jobs: int = 1,
         progress: Callable[[str], None] = print, command: list[str] | None = None,
         results: Path | None = None, report_only: bool = False, foundation: str = "self-supervised",
-        evaluation: str = "test", cold_start: str | None = None) -> dict:
+        evaluation: str = "test", cold_start: str | None = None, variant: str = "") -> dict:
     """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
 
     out: the working folder (image cache, foundation models, workspaces, one
@@ -77,6 +77,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     foundation: ``self-supervised`` or ``supervised`` (:data:`FOUNDATIONS`).
     evaluation: ``test`` (what is reported) or ``validation`` (what method choices are tuned on).
     cold_start: an ablation: this rule replaces the DKD cold start of the ATSQ family.
+    variant: a name for changes in ``base`` (an ablation): it keeps their units and results apart.
     """
     if foundation not in FOUNDATIONS:
         raise ValueError(f"foundation must be one of {FOUNDATIONS}, not {foundation!r}")
@@ -85,7 +86,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     base = (base or Settings()).replace(use_ssft=False, kfold_min_labels=0, patch_size=profile.patch_size)
     all_ids = sorted(_dataset_cases(Path(data)))
     split = make_split(all_ids, profile.sizes)
-    cfg = RunConfig(out, profile, base, progress, foundation, cold_start)
+    cfg = RunConfig(out, profile, base, progress, foundation, cold_start, variant)
     started, prov = time.perf_counter(), provenance(command)  # the commit that runs, not the one at the end
     prepared = {s: prepare(Path(data), out, s, split, test_data, evaluation) for s in settings_names}
     first = prepared[settings_names[0]]
@@ -100,7 +101,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
             for seed in range(profile.seeds):
                 model = foundation_model(cfg, seed, first)
                 futures += [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, model, foundation,
-                                        cold_start) for s in settings_names]
+                                        cold_start, variant) for s in settings_names]
             units = [f.result() for f in futures]
     else:
         units = [run_unit(cfg, prepared[s], seed, foundation_model(cfg, seed, first))
@@ -112,6 +113,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
                            "eval_classes": EVAL_CLASSES, "target_fraction": TARGET_FRACTION,
                            "data": str(data), "test_data": str(test_data) if test_data else None,
                            "foundation": foundation, "evaluation": evaluation, "cold_start_override": cold_start,
+                           "variant": variant,
                            "validation_slice": VALIDATION_SLICE if evaluation == "validation" else None,
                            "strategies": {n: asdict(STRATEGIES[n]) for n in profile.strategies}},
               "split": split.to_dict(), "base_settings": base.to_dict(),
@@ -121,7 +123,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
                                                                                if u["seed"] < profile.seeds_of(n)}
                               for u in units) and len(units) == profile.seeds * len(settings_names),
               "summary": summary, "units": units}
-    stem = Path(results or out) / result_stem(profile.name, foundation, evaluation, cold_start)
+    stem = Path(results or out) / result_stem(profile.name, foundation, evaluation, cold_start, variant)
     write_json(stem.with_suffix(".json"), result)
     plot_label_efficiency(summary, stem.with_suffix(".png"),
                           title=f"label efficiency ({profile.name} profile, {foundation} foundation, {evaluation})")
@@ -129,15 +131,16 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
 
 
 def result_stem(profile: str, foundation: str = "self-supervised", evaluation: str = "test",
-                cold_start: str | None = None) -> str:
-    """``label_efficiency_<profile>``, plus the foundation, evaluation and cold start where they are not the defaults."""
+                cold_start: str | None = None, variant: str = "") -> str:
+    """``label_efficiency_<profile>``, plus the foundation, evaluation, cold start and variant where not the defaults."""
     extra = [x for x, default in ((foundation, "self-supervised"), (evaluation, "test")) if x != default]
-    return "_".join(["label_efficiency", profile, *extra] + ([f"cold-{cold_start}"] if cold_start else []))
+    extra += ([f"cold-{cold_start}"] if cold_start else []) + ([variant] if variant else [])
+    return "_".join(["label_efficiency", profile, *extra])
 
 
 def _unit_in_process(out: Path, profile: Profile, base: Settings, prepared: Prepared, seed: int,
-                     model: Path, foundation: str, cold_start: str | None) -> dict:
+                     model: Path, foundation: str, cold_start: str | None, variant: str) -> dict:
     from ...runtime import set_threads
     set_threads(1)
     return run_unit(RunConfig(out, profile, base.replace(num_threads=1), foundation=foundation,
-                              cold_start=cold_start), prepared, seed, model)
+                              cold_start=cold_start, variant=variant), prepared, seed, model)

@@ -34,12 +34,15 @@ class RunConfig:
     progress: Callable[[str], None] = print
     foundation: str = "self-supervised"   # protocol.FOUNDATIONS
     cold_start: str | None = None         # replaces the DKD cold start of the ATSQ family (an ablation)
+    variant: str = ""                     # names base-settings changes of an ablation (``--set``)
 
     def unit_name(self, setting: str, seed: int, evaluation: str = "test") -> str:
         """The unit file's stem: the default run keeps the historical name; other runs add what differs."""
         extra = [x for x, default in ((self.foundation, "self-supervised"), (evaluation, "test")) if x != default]
         if self.cold_start:
             extra.append(f"cold-{self.cold_start}")
+        if self.variant:
+            extra.append(self.variant)
         return "_".join([setting, *extra, f"seed{seed}"])
 
 
@@ -306,7 +309,7 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         res["seconds"] = time.perf_counter() - t0
         unit["strategies"][name] = res
         write_json(unit_path, unit)
-    if unit["upper_bound"] is None and cfg.cold_start:
+    if unit["upper_bound"] is None and cfg.cold_start and not cfg.variant:
         # the upper bound does not depend on the cold start: the run without the ablation may have it
         without = dataclasses.replace(cfg, cold_start=None).unit_name(prepared.setting, seed, prepared.evaluation)
         unit["upper_bound"] = (_read_unit(cfg.out / "units" / f"{without}.json") or {}).get("upper_bound")

@@ -53,6 +53,10 @@ class Job:
               device: str | None = None, job_dir: str | Path | None = None, env: dict | None = None) -> "Job":
         """Start ``python -m ASSFTLib.worker KIND --workspace WORKSPACE --job-dir DIR [--device DEV] ARGS``.
 
+        ``python`` is the caller's choice on its own machine (Slicer's application settings, a site's GPU
+        environment); it defaults to the running interpreter.  Nothing in the workspace chooses it: a
+        workspace is data that anyone may hand over.
+
         ``job_dir`` defaults to a new folder under ``WORKSPACE/jobs``; pass the
         folder of a cancelled job with ``args=["--resume"]`` to continue it.
         """

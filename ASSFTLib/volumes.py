@@ -16,7 +16,10 @@ Finding the cases of a dataset folder is :mod:`ASSFTLib.dataset`'s job.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,20 +130,138 @@ def read_volume(path: str | Path, kind: str = "image") -> Volume:
     if suffix is None:
         raise VolumeError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}", path=path,
                           hint=f"save the volume as one of {SUPPORTED_TEXT}")
-    if not path.is_file():
-        raise VolumeError("file not found" if not path.exists() else "is not a file", path=path,
-                          hint="check the path, or re-export the volume")
-    array, affine = _FORMAT_OF[suffix].read(path, kind)
+    check_regular_file(path)
+    if suffix == ".nhdr":
+        detached_data_files(path)
+    check_volume_size(path, suffix)
+    try:
+        array, affine = _FORMAT_OF[suffix].read(path, kind)
+    except MemoryError as exc:
+        raise VolumeError("is too large to read into memory", path=path,
+                          hint="crop or downsample the volume, or use a machine with more memory") from exc
     array = _as_3d(array, path)
+    _check_geometry(affine, path)
     array = _as_image(array, path) if kind == "image" else _as_label(array, path)
     return Volume(array, affine, path)
+
+
+def _check_geometry(affine: np.ndarray, path: Path) -> None:
+    """A grid labels can be drawn on: a finite affine with non-zero, invertible voxel axes."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    hint = "fix the volume's header (spacing, origin, orientation) in the program that exported it"
+    if not np.isfinite(affine).all():
+        raise VolumeError("has a geometry (affine) with NaN or infinite values", path=path, hint=hint)
+    spacing = np.linalg.norm(linear, axis=0)
+    if (spacing <= 1e-6).any():
+        raise VolumeError(f"has zero voxel spacing ({_fmt(spacing)} mm)", path=path, hint=hint)
+    if abs(np.linalg.det(linear / spacing)) < 1e-6:
+        raise VolumeError("has a singular orientation: its voxel axes are not independent", path=path, hint=hint)
+
+
+_KIND_NAMES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"),
+               (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular_file(path: str | Path, root: str | Path | None = None) -> Path:
+    """The real path of ``path`` when it is (or links to) a regular file, inside ``root`` if given.
+
+    A dangling or looping symbolic link, a FIFO (reading it would hang), a device (``/dev/zero`` never
+    ends), a socket or a folder raise :class:`VolumeError` naming the file.
+    """
+    path = Path(path)
+    try:
+        real = Path(os.path.realpath(path, strict=True)) if sys.version_info >= (3, 10) else path.resolve(strict=True)
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        linked = path.is_symlink()
+        raise VolumeError("is a link to a file that does not exist" if linked else "file not found", path=path,
+                          hint="check the path, or re-export the volume") from None
+    except (RuntimeError, OSError) as exc:  # a link loop (ELOOP), no permission, a name too long
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise VolumeError(f"cannot be opened ({detail})", path=path,
+                          hint="replace the link or file with the volume itself") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KIND_NAMES if test(mode)), "not a regular file")
+        raise VolumeError(f"is {kind}, not a volume file" + (f" (it links to {real})" if real != path.absolute() else ""),
+                          path=path, hint="replace it with the volume file itself")
+    if root is not None:
+        real_root = Path(os.path.realpath(root))
+        if real != real_root and real_root not in real.parents:
+            raise VolumeError(f"links to {real}, outside the dataset folder {real_root}", path=path,
+                              hint="copy the file into the dataset folder instead of linking to it")
+    return real
+
+
+_DATA_FILE_KEY = re.compile(r"^\s*data\s*file\s*:(.*)$", re.IGNORECASE)
+
+
+def detached_data_files(header: str | Path) -> list[Path]:
+    """The data file a detached NRRD header (``.nhdr``) names, checked: a single regular file in the
+    header's own folder (or below it).  An absolute path, ``../``, a link leaving the folder, a FIFO, a
+    device or a multi-file list raise :class:`VolumeError` naming the header: a header must never make
+    ASSFT read (or hang on) a file outside the dataset."""
+    header = Path(header)
+    try:
+        with open(header, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise VolumeError(f"cannot be read ({exc.strerror or exc})", path=header, hint="check the file") from None
+    lines = head.split(b"\n\n")[0].decode("latin-1").splitlines()
+    values = [m.group(1).strip() for m in map(_DATA_FILE_KEY.match, lines) if m]
+    hint = "keep the header's data file next to it in the dataset folder, or convert the volume to .nrrd or .nii.gz"
+    if not values:
+        raise VolumeError("detached NRRD header names no data file", path=header, hint=hint)
+    if len(values) > 1 or values[0].upper().startswith("LIST") or len(values[0].split()) > 1:
+        raise VolumeError(f"detached NRRD header names several data files ({values[0]!r}); ASSFT reads one",
+                          path=header, hint=hint)
+    name = values[0]
+    folder = Path(os.path.realpath(header)).parent
+    if Path(name).is_absolute():
+        raise VolumeError(f"detached NRRD header points at {name}, an absolute path outside the dataset",
+                          path=header, hint=hint)
+    data = folder / name
+    try:
+        check_regular_file(data, root=folder)
+    except VolumeError as exc:
+        raise VolumeError(f"its data file {name!r} cannot be used: {exc.message}", path=header, hint=hint) from None
+    return [data]
+
+
+#: Largest volume read, in voxels (2**31: an 1290^3 grid); a header declaring more is refused before allocating.
+MAX_VOXELS = 2 ** 31
+
+
+def check_volume_size(path: Path, suffix: str) -> None:
+    """Refuse a file whose header declares more voxels than :data:`MAX_VOXELS` (or than memory could
+    hold) before anything is allocated: one bad case must not stop a whole scoring run."""
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            shape = nib.load(str(path)).header.get_data_shape()
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape = tuple(reader.GetSize()) + (reader.GetNumberOfComponents(),)
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader itself
+        return
+    voxels = 1
+    for n in shape:
+        voxels *= max(int(n), 1)
+    if voxels > MAX_VOXELS:
+        raise VolumeError(f"declares {voxels:,} voxels (shape {tuple(int(n) for n in shape)}), more than ASSFT "
+                          f"reads ({MAX_VOXELS:,})", path=path,
+                          hint="crop or downsample the volume; a corrupt header can also declare this")
 
 
 def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
+        _check_pixel_type(img.get_data_dtype(), path)
         # Force the read here: nibabel loads lazily and a truncated file fails only now.
-        array = img.get_fdata(dtype=np.float32) if kind == "image" else np.asanyarray(img.dataobj)
+        array = np.asanyarray(img.dataobj)
+        if kind == "image":
+            _check_pixel_type(array.dtype, path, array)
+            array = array.astype(np.float32, copy=False)
     except _NIBABEL_READ_ERRORS as exc:
         raise _unreadable(path, exc) from exc
     return array, np.asarray(img.affine, dtype=np.float64)
@@ -152,6 +273,8 @@ def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
         array = sitk.GetArrayFromImage(img)
     except (RuntimeError, OverflowError, MemoryError) as exc:
         raise _unreadable(path, exc) from exc
+    _check_pixel_type(array.dtype, path, array if kind == "image" else None)
+
     ndim = img.GetDimension()
     if img.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: (..., C) after the spatial axes
         array = np.moveaxis(array, -1, 0)
@@ -165,6 +288,29 @@ def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
     affine[:3, 3] = _LPS_TO_RAS @ origin
     return array, affine
+
+
+#: Integers above this lose their value as float32 (the network's type).
+_FLOAT32_EXACT = 2 ** 24
+
+
+def _check_pixel_type(dtype: np.dtype, path: Path, array: np.ndarray | None = None) -> None:
+    """Refuse pixel types the network cannot use faithfully: RGB(A), complex, 64-bit integers beyond float32."""
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind == "V":
+        raise VolumeError(f"holds colour (RGB) or compound pixels ({dtype}), not one intensity per voxel", path=path,
+                          hint="convert the volume to a single-channel (greyscale) image and save it again")
+    if dtype.kind == "c":
+        raise VolumeError(f"holds complex pixels ({dtype})", path=path,
+                          hint="save the magnitude image (a real-valued volume) instead")
+    if dtype.kind not in "biuf":
+        raise VolumeError(f"has pixel type {dtype}, which is not a number", path=path,
+                          hint="save the volume with a numeric pixel type")
+    if array is not None and dtype.kind in "iu" and dtype.itemsize == 8 and array.size:
+        big = int(max(abs(int(array.min())), abs(int(array.max()))))
+        if big > _FLOAT32_EXACT:
+            raise VolumeError(f"holds 64-bit integers up to {big}, beyond what float32 keeps exactly", path=path,
+                              hint="rescale the intensities (e.g. to int16 or float32) and save the volume again")
 
 
 def _unreadable(path: Path, exc: BaseException) -> VolumeError:

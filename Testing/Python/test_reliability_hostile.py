@@ -96,3 +96,121 @@ def test_settings_unknown_or_not_an_object_name_the_file(tmp_path):
         Settings.load(path)
     ok = Settings.from_dict({"budget": 3.0, "patch_size": [32.0, 48, 32]})  # integral floats are whole numbers
     assert ok.budget == 3 and isinstance(ok.budget, int) and ok.patch_size == (32, 48, 32)
+
+
+# ------------------------------------------------------------------ 2. reading outside the dataset
+def _good(folder: Path, name: str = "good.nii.gz") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    return volumes.write_volume(folder / name, rng.normal(size=(8, 9, 10)).astype(np.float32), np.diag([1.0, 1, 2, 1]))
+
+
+def _nhdr(path: Path, data_file: str) -> Path:
+    path.write_text("NRRD0004\ntype: unsigned char\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+                    "space directions: (1,0,0) (0,1,0) (0,0,1)\nkinds: domain domain domain\nencoding: raw\n"
+                    f"space origin: (0,0,0)\ndata file: {data_file}\n\n")
+    return path
+
+
+def test_detached_headers_and_links_never_read_outside_the_dataset(tmp_path):
+    ds = tmp_path / "ds"
+    _good(ds)
+    outside = tmp_path / "secret.raw"
+    outside.write_bytes(bytes(512))
+    _nhdr(ds / "abs.nhdr", "/etc/passwd")
+    _nhdr(ds / "up.nhdr", "../secret.raw")
+    os.mkfifo(ds / "pipe.raw")
+    _nhdr(ds / "fifo.nhdr", "pipe.raw")  # reading it would hang `assft score` for ever
+    _nhdr(ds / "list.nhdr", "LIST\nsecret.raw")
+    (ds / "inside.raw").write_bytes(bytes(512))
+    _nhdr(ds / "fine.nhdr", "inside.raw")
+    os.symlink(tmp_path / "nowhere.nii.gz", ds / "dangling.nii.gz")
+    os.symlink(ds / "loop_b.nii.gz", ds / "loop_a.nii.gz")
+    os.symlink(ds / "loop_a.nii.gz", ds / "loop_b.nii.gz")
+    os.symlink("/dev/zero", ds / "zero.nii.gz")
+    os.symlink(_good(tmp_path / "elsewhere"), ds / "out_link.nii.gz")
+    os.mkfifo(ds / "fifo_image.nii.gz")
+    (ds / "folder.nii.gz").mkdir()
+
+    from ASSFTLib.dataset import load_dataset
+    cases, problems = load_dataset(ds)
+    assert sorted(c.case_id for c in cases) == ["fine", "good"]
+    said = {p.path.name: p.message for p in problems}
+    expect = {"abs.nhdr": "absolute", "up.nhdr": "outside the dataset", "fifo.nhdr": "pipe",
+              "list.nhdr": "several", "dangling.nii.gz": "does not exist", "loop_a.nii.gz": "cannot be opened",
+              "zero.nii.gz": "device", "out_link.nii.gz": "outside the dataset", "fifo_image.nii.gz": "pipe",
+              "folder.nii.gz": "folder"}
+    for name, words in expect.items():
+        assert words in said.get(name, ""), (name, said.get(name))
+        assert _hinted(said[name])
+    for name in ("abs.nhdr", "up.nhdr", "fifo.nhdr", "zero.nii.gz", "fifo_image.nii.gz"):
+        with pytest.raises(VolumeError):
+            volumes.read_volume(ds / name)
+    assert volumes.read_volume(ds / "fine.nhdr").shape == (8, 8, 8)
+
+
+def test_init_lists_hostile_entries_as_problems_and_scores_nothing_outside(tmp_path, tiny_dataset, capsys):  # noqa: F811
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    _nhdr(ds / "imagesTr" / "leak.nhdr", "/etc/passwd")
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/leak.nhdr"})
+    meta["training"].append({"image": "./imagesTr/.a.tmp.nii.gz"})
+    volumes.write_volume(ds / "imagesTr" / ".a.tmp.nii.gz", np.ones((8, 8, 8), np.float32), np.eye(4))
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    assert cli.main(["init", str(tmp_path / "ws"), "--dataset", str(ds)]) == 0
+    out = capsys.readouterr().out
+    assert "leak.nhdr" in out and "absolute" in out and "'.a.tmp'" in out
+    with Workspace.open(tmp_path / "ws") as w:
+        assert "leak" not in {c.case_id for c in w.cases()} and ".a.tmp" not in {c.case_id for c in w.cases()}
+
+
+# ------------------------------------------------------------------ pixel types and geometry no label can match
+def test_unusable_pixel_types_and_geometry_are_refused_with_what_to_do(tmp_path):
+    a = np.eye(4)
+    rgb = np.zeros((6, 7, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, a), str(tmp_path / "rgb.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((6, 7, 8), np.complex64), a), str(tmp_path / "complex.nii.gz"))
+    big = np.full((6, 7, 8), 2 ** 40, np.int64)
+    nib.save(nib.Nifti1Image(big, a, dtype=np.int64), str(tmp_path / "int64.nii.gz"))
+    nib.save(nib.Nifti1Image(np.full((6, 7, 8), 1000, np.int64), a, dtype=np.int64), str(tmp_path / "small64.nii.gz"))
+    singular, nan_affine = np.eye(4), np.eye(4)
+    singular[:3, 1] = singular[:3, 0]
+    nan_affine[0, 3] = np.nan
+    for name, affine in (("zero_spacing", np.diag([1.0, 0.0, 1.0, 1.0])), ("singular", singular),
+                         ("nan_affine", nan_affine)):
+        img = nib.Nifti1Image(np.ones((6, 7, 8), np.float32), None)
+        img.header.set_sform(affine, code=1)  # as a broken exporter writes it (nibabel's own writer refuses)
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+    for name, words in (("rgb", "RGB"), ("complex", "complex"), ("int64", "64-bit"), ("zero_spacing", "zero"),
+                        ("singular", "singular"), ("nan_affine", "NaN")):
+        with pytest.raises(VolumeError, match=words) as err:
+            volumes.read_volume(tmp_path / f"{name}.nii.gz")
+        assert _hinted(str(err.value)) and f"{name}.nii.gz" in str(err.value)
+    assert volumes.read_volume(tmp_path / "small64.nii.gz").array.max() == 1000
+
+
+def test_dataset_json_of_the_wrong_shape_or_encoding(tmp_path, tiny_dataset):  # noqa: F811
+    from ASSFTLib.dataset import load_dataset, task_classes
+    from ASSFTLib.errors import DatasetError
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    meta = json.loads((ds / "dataset.json").read_text())
+    for labels, words in (([1, 2], "must be an object"), ({"0": "bg", "x": "y"}, "neither")):
+        (ds / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+        with pytest.raises(DatasetError, match=words) as err:
+            task_classes(ds)
+        assert "--classes" in str(err.value)
+        assert cli.main(["init", str(tmp_path / f"ws{len(words)}"), "--dataset", str(ds)]) == 1
+        assert not (tmp_path / f"ws{len(words)}").exists()
+    (ds / "dataset.json").write_text(json.dumps(meta), encoding="utf-16")
+    with pytest.raises(DatasetError, match="UTF-8"):
+        task_classes(ds)
+    cases, problems = load_dataset(ds)  # the cases are still found by scanning, and the file is named
+    assert cases and any("dataset.json" in str(p.path) for p in problems)
+    (ds / "dataset.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(meta).encode())  # a BOM is fine
+    assert task_classes(ds) == meta_classes(meta)
+
+
+def meta_classes(meta: dict) -> list[str]:
+    return [name for _, name in sorted((int(k), v) for k, v in meta["labels"].items())]

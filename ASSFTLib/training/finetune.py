@@ -26,6 +26,7 @@ from ..errors import ASSFTError, GeometryError, JobCancelled, LabelError, Volume
 from ..pseudo import accepted_pseudo_labels, select_round_pseudo
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
+from ..workspace.paths import check_job_dir
 from .data import PatchSampler, TrainCase, label_problems, load_labeled_case, pseudo_case, raise_label_problems
 from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, restore_state,
                    run_steps)
@@ -84,6 +85,7 @@ def finetune_round(workspace, settings: Settings | None = None, progress: Progre
         raise WorkspaceError("resuming needs the job folder of the cancelled round", path=ws.folder,
                              hint="pass --job-dir")
     job_dir = Path(job_dir) if job_dir else ws.paths.new_job_dir("train")
+    check_job_dir(job_dir, resume, workspace=ws.folder)
     state_path, saved = open_state(job_dir, resume)
     device = runtime.prepare(settings)
 
@@ -234,7 +236,8 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
                                                      "trained_on": plan["train"] + sorted(plan["promoted"])})
     version = ws.register_model(out, kind="finetuned", round_id=round_id, metrics=metrics)
     ws.finish_round(round_id, "finished", metrics=metrics, model_id=version.id)
-    out.unlink(missing_ok=True)  # register_model keeps its own copy under models/
+    if Path(version.path).resolve() != out.resolve():
+        out.unlink(missing_ok=True)  # register_model keeps its own copy under models/; ours alone goes
     return {"model_id": version.id, "model_path": str(version.path), "round_id": round_id, "metrics": metrics}
 
 

@@ -214,3 +214,30 @@ def test_dataset_json_of_the_wrong_shape_or_encoding(tmp_path, tiny_dataset):  #
 
 def meta_classes(meta: dict) -> list[str]:
     return [name for _, name in sorted((int(k), v) for k, v in meta["labels"].items())]
+
+
+# ------------------------------------------------------------------ 3. a job deletes only what it created
+def test_a_job_folder_never_deletes_or_overwrites_what_it_did_not_create(ws, tmp_path):
+    current = ws.current_model()
+    before = current.path.read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", str(ws.folder), "--job-dir", str(ws.paths.models), "--steps", "2"])
+    assert exit_.value.code == 2
+    for protected in (ws.folder, ws.paths.labels, ws.paths.jobs, ws.paths.models / "sub"):
+        with pytest.raises(SystemExit):
+            cli.main(["train", str(ws.folder), "--job-dir", str(protected), "--steps", "2"])
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "model.pt").write_bytes(b"a colleague's model")
+    (theirs / "state.pt").write_bytes(b"a colleague's state")
+    with pytest.raises(SystemExit):
+        cli.main(["train", str(ws.folder), "--job-dir", str(theirs), "--steps", "2"])
+    from ASSFTLib import training
+    with pytest.raises(WorkspaceError, match="already holds"):  # the library call refuses it too
+        training.finetune_round(ws, ws.settings, job_dir=theirs)
+    with pytest.raises(WorkspaceError, match="models folder"):
+        training.finetune_round(ws, ws.settings, job_dir=ws.paths.models)
+    assert (theirs / "model.pt").read_bytes() == b"a colleague's model"
+    assert (theirs / "state.pt").read_bytes() == b"a colleague's state"
+    assert ws.current_model().id == current.id and current.path.read_bytes() == before
+    assert [p.name for p in ws.paths.models.iterdir()] == [current.path.name]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import DatasetError, VolumeError
-from .volumes import SUPPORTED_TEXT, case_id_from_path, check_regular_file, detached_data_files, volume_suffix
+from .filecheck import check_regular_file, detached_data_files
+from .volumes import SUPPORTED_TEXT, case_id_from_path, volume_suffix
 
 DATASET_JSON = "dataset.json"
 

@@ -20,6 +20,9 @@ every file lives and ``records`` what callers get back.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +31,7 @@ from ..settings import Settings
 from .cases import CasesMixin
 from .locking import LockingMixin
 from .models import ModelsMixin
-from .paths import WorkspacePaths
+from .paths import DB_NAME, WorkspacePaths
 from .records import Case, ModelVersion, Round, now
 from .rounds import RoundsMixin
 from .schema import META_SCHEMA_VERSION, apply_migrations, connect, migrate
@@ -62,26 +65,34 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
 
     @classmethod
     def create(cls, folder: str | Path, dataset: str | Path | None = None, settings: Settings | None = None,
-               import_labels: bool = True, classes: Sequence[str] | None = None) -> "Workspace":
-        """Create a workspace in ``folder`` (new or empty) from a dataset folder.
+               import_labels: bool = True, classes: Sequence[str] | None = None,
+               foundation: str | Path | None = None) -> "Workspace":
+        """Create a workspace in ``folder`` (new or empty) from a dataset folder, all or nothing.
 
         ``dataset`` is an MSD-layout folder (``dataset.json``, ``imagesTr/``,
         optional ``labelsTr/``) or a plain folder of NIfTI/NRRD volumes.  Images
         are referenced in place, not copied.  With ``import_labels`` the
         dataset's labels become the cases' labels (``labeled_by = "dataset"``);
-        either way they are remembered as reference labels.
+        either way they are remembered as reference labels.  ``foundation``, a
+        checkpoint or MONAI bundle folder, is registered as the foundation model.
         A bad dataset entry (missing file, duplicate case id, path leaving the
         folder, unreadable ``dataset.json``) does not stop it: the entry gets
         no case, and the problem is kept in the workspace's meta as
         :attr:`import_problems` (``assft init`` prints them); the other cases
         are created as usual.  Volumes are not opened here: an unreadable
         image shows up when the case is scored or labeled.
+
+        The workspace is built in a hidden folder beside ``folder`` and renamed
+        into place at the end: an error, Ctrl-C or a second ``init`` into the
+        same folder leaves either a complete workspace or nothing.
         """
         folder = Path(folder).resolve()
         paths = WorkspacePaths(folder)
         if paths.db.exists():
             raise WorkspaceError("a workspace already exists here", path=folder,
                                  hint="open it, or choose another folder")
+        if folder.exists() and not folder.is_dir():
+            raise WorkspaceError("is a file, not a folder", path=folder, hint="choose a new or empty folder")
         if folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
             raise WorkspaceError("folder is not empty", path=folder, hint="choose a new or empty folder for the workspace")
         from ..dataset import load_dataset, task_classes  # here: reading volumes needs nibabel and SimpleITK
@@ -89,6 +100,24 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         if dataset is not None:
             cases, problems = load_dataset(dataset)
         classes = task_classes(dataset, classes)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".assft-init-", dir=folder.parent))
+        except OSError as exc:
+            raise WorkspaceError(f"cannot create the workspace here ({exc.strerror or exc})", path=folder,
+                                 hint="check that the folder is writable and its path not too long") from exc
+        try:
+            cls._build(stage, dataset, settings, import_labels, classes, cases, problems, foundation)
+            cls._move_into_place(stage, folder)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return cls(folder)
+
+    @classmethod
+    def _build(cls, stage: Path, dataset, settings, import_labels: bool, classes, cases, problems,
+               foundation) -> None:
+        paths = WorkspacePaths(stage)
         paths.make_folders()
         db = paths.db
         conn = connect(db)
@@ -114,7 +143,39 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         finally:
             conn.close()
         (settings or Settings()).save(paths.settings)
-        return cls(folder)
+        if foundation is not None:
+            with cls(stage) as ws:
+                ws.register_model(foundation, kind="foundation")
+
+    @staticmethod
+    def _move_into_place(stage: Path, folder: Path) -> None:
+        """Rename the finished ``stage`` to ``folder`` (absent or empty: one atomic rename).  A folder holding
+        only hidden files gets the parts moved in under an exclusive lock, the database last."""
+        try:
+            os.rename(stage, folder)
+            return
+        except OSError as exc:
+            if not folder.is_dir() or (folder / DB_NAME).exists() or any(
+                    not p.name.startswith(".") for p in folder.iterdir()):
+                raise WorkspaceError("another `assft init` created a workspace here meanwhile", path=folder,
+                                     hint="open that workspace, or choose another folder") from exc
+        lock = folder / ".assft-init.lock"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError as exc:
+            raise WorkspaceError("another `assft init` is creating a workspace here", path=folder,
+                                 hint="wait for it, or choose another folder") from exc
+        os.close(fd)
+        try:
+            if (folder / DB_NAME).exists():
+                raise WorkspaceError("another `assft init` created a workspace here meanwhile", path=folder,
+                                     hint="open that workspace, or choose another folder")
+            parts = sorted(stage.iterdir(), key=lambda p: p.name == DB_NAME)  # the database last
+            for part in parts:
+                os.rename(part, folder / part.name)
+            stage.rmdir()
+        finally:
+            lock.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, folder: str | Path) -> "Workspace":

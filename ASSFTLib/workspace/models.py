@@ -15,9 +15,8 @@ from .schema import DatabaseMixin
 class ModelsMixin(DatabaseMixin):
     """Model versions: registered checkpoints, the current one and the foundation model."""
 
-    @staticmethod
-    def _model(row: sqlite3.Row) -> ModelVersion:
-        return ModelVersion(row["id"], Path(row["path"]), row["checksum"], row["kind"], row["round_id"],
+    def _model(self, row: sqlite3.Row) -> ModelVersion:
+        return ModelVersion(row["id"], self.resolve_path(row["path"]), row["checksum"], row["kind"], row["round_id"],
                             row["parent_id"], row["created_at"], json.loads(row["metrics"]))
 
     def register_model(self, path: str | Path, kind: str = "finetuned", round_id: int | None = None,
@@ -49,7 +48,7 @@ class ModelsMixin(DatabaseMixin):
         with self._write() as c:
             cur = c.execute("INSERT INTO models(path, checksum, kind, round_id, parent_id, created_at, metrics) "
                             "VALUES (?,?,?,?,?,?,?)",
-                            (str(src), checksum, kind, round_id, parent.id if parent else None, now(),
+                            (self.store_path(src), checksum, kind, round_id, parent.id if parent else None, now(),
                              json.dumps(metrics or {})))
             model_id = cur.lastrowid
             if make_current:

@@ -98,9 +98,49 @@ def _add_round_pid(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE rounds ADD COLUMN pid INTEGER")
 
 
+#: Sub-folders of a workspace whose files the database points to.
+_INTERNAL = ("labels", "models", "pseudo", "cache")
+
+
+def relative_to_workspace(value: str, folder: Path) -> str:
+    """``value`` as stored from now on: relative (POSIX) when it names a file of the workspace ``folder``,
+    else unchanged.  A path of the workspace's old location (it was moved or copied) is recognised by
+    its last ``labels/``/``models/``/... part when that file exists here."""
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        pass
+    parts = path.parts
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] in _INTERNAL:
+            rel = Path(*parts[i:])
+            if (folder / rel).exists():
+                return rel.as_posix()
+            break
+    return value
+
+
+def _relative_paths(conn: sqlite3.Connection) -> None:
+    """Step 3: paths of the workspace's own files (labels, history, models) relative to the workspace, so a
+    workspace moved or copied to another folder keeps working.  Dataset files keep their absolute paths."""
+    row = next((r for r in conn.execute("PRAGMA database_list") if r["name"] == "main"), None)
+    if row is None or not row["file"]:
+        return
+    folder = Path(row["file"]).resolve().parent
+    for table, key, column in (("cases", "case_id", "label_path"), ("label_history", "id", "path"),
+                               ("models", "id", "path")):
+        for r in conn.execute(f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall():
+            new = relative_to_workspace(r[column], folder)
+            if new != r[column]:
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (new, r[key]))
+
+
 #: Numbered migrations: step ``n`` (1-based) brings a database at ``user_version`` n-1 to n.
 #: Append new steps; never edit or reorder old ones.
-MIGRATIONS: Tuple[Callable[[sqlite3.Connection], None], ...] = (_create_tables, _add_round_pid)
+MIGRATIONS: Tuple[Callable[[sqlite3.Connection], None], ...] = (_create_tables, _add_round_pid, _relative_paths)
 #: The ``PRAGMA user_version`` this code writes and knows how to read.
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -202,6 +242,19 @@ class DatabaseMixin:
                 self._conn.execute("ROLLBACK")
                 raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
                                      hint="free disk space, then repeat; nothing was changed") from exc
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path as stored in the database: relative ones are inside the workspace folder."""
+        path = Path(value)
+        return path if path.is_absolute() else self.folder / path
+
+    def store_path(self, path: str | Path) -> str:
+        """How a path is stored: relative (POSIX) inside the workspace, absolute outside (dataset files)."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.folder).as_posix()
+        except ValueError:
+            return str(path)
 
     def _meta(self, key: str) -> str | None:
         try:

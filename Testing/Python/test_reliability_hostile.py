@@ -241,3 +241,131 @@ def test_a_job_folder_never_deletes_or_overwrites_what_it_did_not_create(ws, tmp
     assert (theirs / "state.pt").read_bytes() == b"a colleague's state"
     assert ws.current_model().id == current.id and current.path.read_bytes() == before
     assert [p.name for p in ws.paths.models.iterdir()] == [current.path.name]
+
+
+# ------------------------------------------------------------------ 4. labels are never lost to the sweep or to name clashes
+def test_a_case_named_like_a_temporary_keeps_its_label_and_fast_saves_keep_every_version(ws, monkeypatch):
+    import sqlite3
+    import time
+    from ASSFTLib.workspace import cases as cases_module
+    first = ws.cases()[0]
+    conn = sqlite3.connect(ws.paths.db)  # a case of an older release (init now refuses ids starting with '.')
+    with conn:
+        for fake in (".a.tmp", ".assft-tmp-abcdefgh.tmp"):
+            conn.execute("INSERT INTO cases(case_id, image_path, status, position) VALUES (?, ?, 'unlabeled', 99)",
+                         (fake, str(first.image_path)))
+    conn.close()
+    shape = volumes.read_volume(first.image_path).shape
+    saved = {}
+    for fake in (".a.tmp", ".assft-tmp-abcdefgh.tmp"):
+        saved[fake] = ws.save_label(fake, np.ones(shape, np.uint8))
+        old = time.time() - 7200
+        os.utime(saved[fake], (old, old))
+    with ws.job_lock():  # sweeps hidden temporaries older than an hour
+        pass
+    for fake, path in saved.items():
+        assert path.exists() and volumes.read_volume(path, kind="label").array.max() == 1, fake
+
+    monkeypatch.setattr(cases_module, "now", lambda: "2026-01-01T00:00:00.000+00:00")  # five saves in one ms
+    for value in range(5):
+        ws.save_label(first.case_id, np.full(shape, value % 2, np.uint8))
+    history = sorted(ws.paths.label_history.glob(f"{first.case_id}.*"))
+    assert len(history) == 5 - (first.label_path is None or first.label_path.parent != ws.paths.labels)
+    assert all(not p.name.startswith(".") for p in history)
+
+
+# ------------------------------------------------------------------ 6. init is all or nothing
+def test_init_with_a_monai_bundle_works_and_a_failed_or_interrupted_init_leaves_nothing(tmp_path, tiny_dataset,
+                                                                                        monkeypatch, capsys):  # noqa: F811
+    import torch
+    from test_models import tiny_spec, write_bundle
+    from ASSFTLib.models import build_network
+    spec = tiny_spec("UNet", classes=["background", "a", "b"])
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()}
+    torch.manual_seed(0)
+    bundle = write_bundle(tmp_path / "bundle", build_network(spec),
+                          {"_target_": "monai.networks.nets.UNet", **kwargs, "out_channels": "@num_classes"},
+                          num_classes=3)
+    code = cli.main(["init", str(tmp_path / "ws_bundle"), "--dataset", str(tiny_dataset), "--model", str(bundle),
+                     "--classes", "background,a,b"])
+    assert code == 0, capsys.readouterr()
+    with Workspace.open(tmp_path / "ws_bundle") as w:
+        model = w.current_model()
+        assert model.path.is_dir() and model.path.parent == w.paths.models and w.integrity_check() == []
+
+    parent = tmp_path / "interrupted"
+    parent.mkdir()
+    target = parent / "ws"
+    real_register = Workspace.register_model
+
+    def ctrl_c(self, *a, **k):  # stands in for the user's Ctrl-C arriving while the model is copied
+        real_register(self, *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Workspace, "register_model", ctrl_c)
+    assert cli.main(["init", str(target), "--dataset", str(tiny_dataset), "--model", str(bundle),
+                     "--classes", "background,a,b"]) == 130
+    assert list(parent.iterdir()) == []  # neither the workspace nor the hidden folder it was built in
+    monkeypatch.setattr(Workspace, "register_model", real_register)
+    assert cli.main(["init", str(target), "--dataset", str(tiny_dataset), "--model", str(bundle),
+                     "--classes", "background,a,b"]) == 0
+    assert cli.main(["init", str(target), "--dataset", str(tiny_dataset)]) == 1  # a second init: clear refusal
+    assert "already exists" in capsys.readouterr().err
+    with Workspace.open(target) as w:
+        assert w.current_model() is not None
+
+
+def test_a_non_utf8_file_name_is_a_problem_not_a_broken_workspace(tmp_path, tiny_dataset, capsys):  # noqa: F811
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset / "imagesTr", ds)
+    src = sorted(ds.iterdir())[0]
+    os.rename(src, os.path.join(os.fsencode(ds), b"caf\xe9.nii.gz"))  # Latin-1 bytes from an old share
+    assert cli.main(["init", str(tmp_path / "ws"), "--dataset", str(ds)]) == 0
+    assert "UTF-8" in capsys.readouterr().out
+    assert cli.main(["status", str(tmp_path / "ws")]) == 0
+
+
+def test_two_inits_into_one_folder_give_one_workspace_and_a_clear_refusal(tmp_path, tiny_dataset):  # noqa: F811
+    import subprocess
+    target = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "ASSFTLib.cli", "init", str(target), "--dataset", str(tiny_dataset)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    assert any("workspace" in err and "Traceback" not in err for code, err in results if code == 1)
+    with Workspace.open(target) as w:
+        assert w.integrity_check() == [] and len(w.cases()) > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ws"]
+
+
+def test_a_moved_workspace_keeps_its_labels_and_models(ws, tmp_path):
+    first = ws.cases()[0]
+    shape = volumes.read_volume(first.image_path).shape
+    ws.save_label(first.case_id, np.ones(shape, np.uint8))
+    ws.close()
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(ws.folder, moved)
+    shutil.rmtree(ws.folder)
+    with Workspace.open(moved) as w:
+        assert w.integrity_check() == []
+        assert w.label_path(first.case_id).parent == w.paths.labels and w.read_label(first.case_id).max() == 1
+        assert w.current_model().path.parent == w.paths.models
+
+
+def test_an_old_workspace_with_absolute_paths_is_migrated_and_can_move(ws, tmp_path):
+    import sqlite3
+    first = ws.cases()[0]
+    ws.save_label(first.case_id, np.ones(volumes.read_volume(first.image_path).shape, np.uint8))
+    ws.close()
+    conn = sqlite3.connect(ws.paths.db)  # as the release before migration 3 wrote it
+    with conn:
+        conn.execute("UPDATE cases SET label_path = ? WHERE case_id = ?",
+                     (str(ws.paths.label(first.case_id)), first.case_id))
+        conn.execute("UPDATE models SET path = ? || '/' || path", (str(ws.folder),))
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    moved = tmp_path / "moved"
+    shutil.move(str(ws.folder), moved)
+    with Workspace.open(moved) as w:
+        assert w.integrity_check() == []
+        assert w.label_path(first.case_id) == w.paths.label(first.case_id)
+        assert w.current_model().path.parent == w.paths.models

@@ -13,12 +13,13 @@ from . import __version__
 from .errors import ASSFTError
 
 #: Subcommands in the order ``assft --help`` lists them (the loop's order).
-COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "train", "pseudo", "report", "benchmark")
+COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "train", "use-model", "pseudo", "report",
+            "benchmark")
 
 
 def _command_modules():
     for name in COMMANDS:
-        yield importlib.import_module(f"ASSFTLib.commands.{name}")
+        yield importlib.import_module(f"ASSFTLib.commands.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

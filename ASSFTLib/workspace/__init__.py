@@ -228,11 +228,11 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         for m in self.models():
             if not m.path.exists():
                 problems.append(f"model {m.id}: file missing: {m.path}")
-        cur = self.current_model()
-        if cur is not None and cur.path.exists():
-            from ..models import file_checksum
-            if file_checksum(cur.path) != cur.checksum:
-                problems.append(f"current model {cur.id}: checksum mismatch: {cur.path}")
+        for m in self.models():
+            if m.path.exists():
+                problem = self.model_problem(m)
+                if problem is not None:
+                    problems.append(problem)
         return problems
 
     def summary(self) -> dict[str, Any]:
@@ -240,7 +240,12 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         for row in self._conn.execute("SELECT status, COUNT(*) AS n FROM cases GROUP BY status"):
             counts[row["status"]] = row["n"]
         cur = self.current_model()
-        return {"folder": str(self.folder), "dataset": str(self.dataset or ""), "classes": self.classes,
+        found = self.foundation_model()
+        checked = [m for m in (cur, found) if m is not None and (m is cur or cur is None or m.id != cur.id)]
+        problems = [p for p in map(self.model_problem, checked) if p]
+        failures = {} if cur is None else self.score_failures(cur.checksum, self.settings.scoring_hash())
+        return {"model_problems": problems, "score_failures": failures,
+                "folder": str(self.folder), "dataset": str(self.dataset or ""), "classes": self.classes,
                 "cases": sum(counts.values()), **counts, "import_problems": len(self.import_problems),
                 "rounds": len(self.rounds("train")), "current_model": None if cur is None else
                 {"id": cur.id, "path": str(cur.path), "checksum": cur.checksum[:12], "kind": cur.kind,

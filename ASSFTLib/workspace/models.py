@@ -73,3 +73,35 @@ class ModelsMixin(DatabaseMixin):
     def foundation_model(self) -> ModelVersion | None:
         value = self._meta("foundation_model_id")
         return self.model(int(value)) if value else None
+
+    def model_problem(self, version: ModelVersion) -> str | None:
+        """Why ``version``'s file cannot be trusted (missing, or its bytes changed since it was registered)."""
+        from ..errors import CheckpointError
+        from ..models import file_checksum
+        if not version.path.exists():
+            return f"model #{version.id}: file missing: {version.path}"
+        try:
+            actual = file_checksum(version.path)
+        except CheckpointError as exc:
+            return f"model #{version.id}: {exc}"
+        if actual != version.checksum:
+            return (f"model #{version.id}: the file changed since it was registered (checksum {actual[:12]}, "
+                    f"recorded {version.checksum[:12]}): {version.path}")
+        return None
+
+    def verified(self, version: ModelVersion) -> ModelVersion:
+        """``version`` when its file is intact; else :class:`WorkspaceError` (never use a swapped model, nor
+        the score cache of the file it replaced)."""
+        problem = self.model_problem(version)
+        if problem is not None:
+            raise WorkspaceError(problem, path=version.path,
+                                 hint="restore the file, or make another model current with "
+                                      "`assft use-model WORKSPACE ID` (`assft status` lists them)")
+        return version
+
+    def use_model(self, model_id: int) -> ModelVersion:
+        """Make an earlier (or any registered, intact) model version current again."""
+        version = self.verified(self.model(int(model_id)))
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_model_id', ?)", (str(version.id),))
+        return version

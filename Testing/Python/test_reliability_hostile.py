@@ -369,3 +369,118 @@ def test_an_old_workspace_with_absolute_paths_is_migrated_and_can_move(ws, tmp_p
         assert w.integrity_check() == []
         assert w.label_path(first.case_id) == w.paths.label(first.case_id)
         assert w.current_model().path.parent == w.paths.models
+
+
+# ------------------------------------------------------------------ 5. one bad case never stops `assft score`
+def test_one_bad_case_is_recorded_with_its_reason_and_the_rest_are_scored(tmp_path, tiny_dataset, foundation_file,
+                                                                           monkeypatch, capsys):  # noqa: F811
+    from ASSFTLib import scoring
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    rgb = np.zeros((24, 24, 24), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    (ds / "imagesTs").mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(ds / "imagesTs" / "colour.nii.gz"))  # DTypePromotionError before
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["test"] = list(meta.get("test", [])) + ["./imagesTs/colour.nii.gz"]
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    ws_dir = tmp_path / "ws"
+    assert cli.main(["init", str(ws_dir), "--dataset", str(ds), "--model", str(foundation_file)]) == 0
+    with Workspace.open(ws_dir) as w:
+        w.save_settings(tiny_settings())
+        victim = w.cases()[1].case_id
+    real = scoring.score_volume
+
+    def oom_on_one(model, foundation, volume, settings, **kw):  # stands in for a real out-of-memory on one volume
+        if volume.path is not None and volume.path.name.startswith(victim):
+            raise MemoryError()
+        return real(model, foundation, volume, settings, **kw)
+    monkeypatch.setattr(scoring, "score_volume", oom_on_one)
+    capsys.readouterr()
+    assert cli.main(["score", str(ws_dir)]) == 1  # finishes, with errors
+    with Workspace.open(ws_dir) as w:
+        cur = w.current_model()
+        failures = w.score_failures(cur.checksum, w.settings.scoring_hash())
+        assert set(failures) == {"colour", victim}
+        assert "RGB" in failures["colour"] and "memory" in failures[victim]
+        scored = w.get_scores(cur.checksum, w.settings.scoring_hash())
+        assert len([r for r in scored.values() if "error" not in r]) == len(w.cases()) - 2
+    capsys.readouterr()
+    assert cli.main(["rank", str(ws_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "2 cases could not be scored" in out and "colour" in out and "RGB" in out
+    assert cli.main(["status", str(ws_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "failed" in out and victim in out and "memory" in out
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"kwargs": {"spatial_dims": 2}}, "2-D"),
+    ({"preprocessing": {"normalize": "zscore", "clip": None, "target_spacing": [1e-4, 1e-4, 1e-4]}}, "resamples"),
+    ({"kwargs": {"channels": [16, 4096], "strides": [2]}}, "channels"),
+])
+def test_init_refuses_checkpoints_no_volume_can_run(tmp_path, tiny_dataset, change, words, capsys):  # noqa: F811
+    from ASSFTLib.models import build_network, default_spec, save_checkpoint
+    spec = default_spec(["background", "foreground"])
+    d = spec.to_dict()
+    for key, value in change.items():
+        d[key] = {**d[key], **value} if key == "kwargs" else value
+    spec = type(spec).from_dict(d)
+    path = tmp_path / "odd.pt"
+    save_checkpoint(path, build_network(spec), spec)
+    assert cli.main(["init", str(tmp_path / "ws"), "--dataset", str(tiny_dataset), "--model", str(path),
+                     "--classes", "background,foreground"]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "odd.pt" in err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_two_assft_score_at_once_the_second_is_told(ws, capsys):
+    with ws.job_lock():  # a first `assft score` (or any job) holds the workspace
+        assert cli.main(["score", str(ws.folder)]) == 1
+    assert "another ASSFT job is running" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 7. silent garbage: diverged rounds, changed files
+def test_a_diverged_round_never_becomes_current(ws, monkeypatch):
+    import torch
+    from ASSFTLib import training
+    from ASSFTLib.training import finetune
+    before = ws.current_model()
+    real = finetune.run_steps
+
+    def blow_up(job, *a, **k):  # stands in for an optimizer that overflowed the weights while the loss stayed finite
+        loss = real(job, *a, **k)
+        with torch.no_grad():
+            next(job.network.parameters()).fill_(float("inf"))
+        return loss
+    monkeypatch.setattr(finetune, "run_steps", blow_up)
+    with pytest.raises(ASSFTError, match="diverged"):
+        training.finetune_round(ws, ws.settings)
+    assert ws.current_model().id == before.id and len(ws.models()) == 1
+    assert ws.rounds("train")[-1].status == "failed"
+
+
+def test_a_collapsed_round_is_kept_but_not_current_and_use_model_goes_back(ws, foundation_file, capsys):
+    from ASSFTLib import training
+    good = ws.register_model(foundation_file, kind="finetuned", metrics={"heldout_dice": 0.95})
+    ws.save_settings(tiny_settings(kfold_min_labels=2, steps=1))
+    with pytest.warns(training.TrainingWarning, match="NOT made current"):
+        result = training.finetune_round(ws, ws.settings)
+    assert result["made_current"] is False and ws.current_model().id == good.id
+    new = result["model_id"]
+    assert cli.main(["use-model", str(ws.folder), str(new)]) == 0 and ws.current_model().id == new
+    assert cli.main(["use-model", str(ws.folder), str(good.id)]) == 0 and ws.current_model().id == good.id
+    assert cli.main(["use-model", str(ws.folder)]) == 0
+    assert f"* #{good.id}" in capsys.readouterr().out
+
+
+def test_a_model_file_whose_bytes_changed_is_never_used(ws, capsys):
+    from ASSFTLib import scoring
+    cur = ws.current_model()
+    with open(cur.path, "ab") as fh:
+        fh.write(b"\0")  # still loads with torch, but is not the registered model
+    with pytest.raises(WorkspaceError, match="changed since it was registered"):
+        scoring.score_cases(ws, ws.settings)
+    assert cli.main(["status", str(ws.folder)]) == 0
+    assert "WARNING" in capsys.readouterr().out
+    assert any("changed" in p for p in ws.integrity_check())

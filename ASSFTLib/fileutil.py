@@ -24,8 +24,7 @@ _NAME_MAX = 255
 
 
 @contextmanager
-def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool = True,
-                overwrite_folder: bool = False) -> Iterator[Path]:
+def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it over ``target``.
 
     ``suffix`` keeps the file type visible to writers that dispatch on it
@@ -37,12 +36,17 @@ def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool =
     :class:`~ASSFTLib.errors.ASSFTError` (``rank --csv DIR``).
     """
     target = Path(target)
-    if target.is_dir() and not overwrite_folder:
-        raise ASSFTError("is a folder, not a file name", path=target,
-                         hint=f"give a file name, for example {target / 'out'}{suffix or ''.join(target.suffixes)}")
     if len(os.fsencode(target.name)) > _NAME_MAX:
         raise ASSFTError(f"file name is {len(os.fsencode(target.name))} bytes long; file systems allow {_NAME_MAX}",
                          path=target, hint="choose a shorter name")
+    try:
+        is_folder = target.is_dir()
+    except OSError as exc:  # a path too long for the file system
+        raise ASSFTError(f"cannot be written ({exc.strerror or exc})", path=target,
+                         hint="choose a shorter path") from exc
+    if is_folder:
+        raise ASSFTError("is a folder, not a file name", path=target,
+                         hint=f"give a file name, for example {target / 'out'}{suffix or ''.join(target.suffixes)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes)[-32:] or ".tmp"

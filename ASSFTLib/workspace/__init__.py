@@ -34,7 +34,7 @@ from .models import ModelsMixin
 from .paths import DB_NAME, WorkspacePaths
 from .records import Case, ModelVersion, Round, now
 from .rounds import RoundsMixin
-from .schema import META_SCHEMA_VERSION, apply_migrations, connect, migrate
+from .schema import META_SCHEMA_VERSION, apply_migrations, connect, migrate, quick_check
 from .scores import ScoresMixin
 
 __all__ = ["Case", "ModelVersion", "Round", "Workspace", "WorkspacePaths"]
@@ -52,6 +52,7 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
                                  hint="create one with `assft init WORKSPACE --dataset FOLDER`")
         self._conn = connect(db)
         try:
+            quick_check(self._conn, db)
             version = self._meta("schema_version")
             if version is None or int(version) > META_SCHEMA_VERSION:
                 raise WorkspaceError(f"workspace schema version {version} is not supported by this ASSFT "

@@ -7,6 +7,7 @@ for each other instead of failing.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,9 +201,41 @@ def connect(db: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as exc:
-        raise WorkspaceError(f"workspace database cannot be opened: {exc}", path=db,
-                             hint="restore assft.db from a backup; labels in labels/ are untouched") from exc
+        raise database_error(exc, db, "opened") from exc
     return conn
+
+
+def database_error(exc: sqlite3.DatabaseError, db: Path, doing: str = "read") -> WorkspaceError:
+    """A clear error for SQLite's failure on ``db``.  Only a database SQLite itself calls damaged gets the
+    advice to restore a backup: that advice, given for a read-only folder or a busy file, could make a
+    user replace a good database."""
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low \
+            or (db.exists() and not os.access(db, os.W_OK)) or not os.access(db.parent, os.W_OK):
+        return WorkspaceError(f"workspace database cannot be {doing}: {text}; the workspace folder or assft.db is "
+                              "read-only or not accessible (the database itself is not damaged)", path=db,
+                              hint="ask for write permission, or copy the whole workspace folder to one you can "
+                                   "write and open the copy")
+    if "locked" in low or "busy" in low:
+        return WorkspaceError(f"workspace database cannot be {doing}: {text}", path=db,
+                              hint="another program holds it; close it and repeat (the database is fine)")
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return WorkspaceError(f"workspace database is damaged: {text}", path=db,
+                              hint="copy assft.db aside, then restore it from a backup; labels/ and models/ are "
+                                   "untouched")
+    return WorkspaceError(f"workspace database cannot be {doing}: {text}", path=db,
+                          hint="check the disk and the folder's permissions, then repeat")
+
+
+def quick_check(conn: sqlite3.Connection, db: Path) -> None:
+    """SQLite's ``PRAGMA quick_check`` (every page readable, constraints aside); a damaged page is a clear error."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise database_error(exc, db) from exc
+    if rows != ["ok"]:
+        raise database_error(sqlite3.DatabaseError(f"database disk image is malformed ({'; '.join(rows[:3])})"), db)
 
 
 class DatabaseMixin:
@@ -224,8 +257,7 @@ class DatabaseMixin:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
-                                 hint="another program may hold it, or the disk is full") from exc
+            raise database_error(exc, db, "written") from exc
         try:
             yield self._conn
         except BaseException as exc:
@@ -260,6 +292,5 @@ class DatabaseMixin:
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise WorkspaceError(f"workspace database is damaged: {exc}", path=self.paths.db,
-                                 hint="restore assft.db from a backup; labels in labels/ are untouched") from exc
+            raise database_error(exc, self.paths.db) from exc
         return None if row is None else row["value"]

@@ -484,3 +484,45 @@ def test_a_model_file_whose_bytes_changed_is_never_used(ws, capsys):
     assert cli.main(["status", str(ws.folder)]) == 0
     assert "WARNING" in capsys.readouterr().out
     assert any("changed" in p for p in ws.integrity_check())
+
+
+# ------------------------------------------------------------------ the database: damaged, read-only
+def test_a_damaged_database_is_named_and_a_read_only_one_is_never_called_damaged(ws, tmp_path, capsys):
+    import sqlite3
+    from ASSFTLib.workspace.schema import database_error
+    for i in range(30):  # enough rows for several pages
+        ws.put_scores("x" * 64, "h", {f"c{i}": {"zt": list(range(200))}})
+    ws.close()
+    db = ws.paths.db
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 3 * page
+    data[2 * page: 3 * page] = os.urandom(page)  # one damaged page in the middle
+    db.write_bytes(bytes(data))
+    assert cli.main(["status", str(ws.folder)]) == 1
+    err = capsys.readouterr().err
+    assert "damaged" in err and "assft.db" in err and "backup" in err and "Traceback" not in err
+
+    ro_db = tmp_path / "ro.db"
+    sqlite3.connect(ro_db).execute("CREATE TABLE t(x)").connection.commit()
+    conn = sqlite3.connect(f"file:{ro_db}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as real:  # SQLite's own error for a read-only database
+        conn.execute("INSERT INTO t VALUES (1)")
+    message = str(database_error(real.value, ro_db, "written"))
+    assert "read-only" in message and "backup" not in message and "not damaged" in message
+
+
+def test_output_paths_that_are_folders_or_too_long_are_clear(ws, tmp_path, capsys):
+    from ASSFTLib import scoring
+    from ASSFTLib.fileutil import atomic_write_text
+    scoring.score_cases(ws, ws.settings)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert cli.main(["rank", str(ws.folder), "--csv", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder" in err and str(folder) in err and folder.is_dir() and list(folder.iterdir()) == []
+    with pytest.raises(ASSFTError, match="bytes long"):
+        atomic_write_text(tmp_path / ("x" * 300 + ".csv"), "a")
+    deep = tmp_path / ("d" * 250) / ("e" * 250)
+    assert cli.main(["init", str(deep / ("w" * 300)), "--dataset", str(ws.dataset)]) == 1
+    assert "Traceback" not in capsys.readouterr().err

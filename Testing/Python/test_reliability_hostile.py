@@ -526,3 +526,83 @@ def test_output_paths_that_are_folders_or_too_long_are_clear(ws, tmp_path, capsy
     deep = tmp_path / ("d" * 250) / ("e" * 250)
     assert cli.main(["init", str(deep / ("w" * 300)), "--dataset", str(ws.dataset)]) == 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ families, with hypothesis (ASSFT_FUZZ_EXAMPLES)
+from hypothesis import HealthCheck, given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+EXAMPLES = int(os.environ.get("ASSFT_FUZZ_EXAMPLES", "60"))
+FUZZ = hsettings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-10 ** 12, 10 ** 12) | st.floats(allow_nan=True)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4), max_leaves=6)
+_FIELDS = sorted(Settings().to_dict()) + ["python_executable", "extra", "unknown_knob"]
+
+
+@FUZZ
+@given(changes=st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=4))
+def test_fuzz_settings_files_load_or_say_why(changes):
+    """Any settings.json content: valid settings of the right types, or a SettingsError naming the field."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SettingsNote)
+        try:
+            s = Settings.from_dict({**Settings().to_dict(), **changes})
+        except SettingsError as exc:
+            assert _hinted(str(exc))
+            return
+    for name, default in Settings().to_dict().items():
+        value = getattr(s, name)
+        if isinstance(default, bool):
+            assert isinstance(value, bool), name
+        elif isinstance(default, (int, float)):
+            assert not isinstance(value, bool) and math.isfinite(value), name
+    assert not hasattr(s, "python_executable")
+
+
+_NAME = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=40)
+
+
+@FUZZ
+@given(case_id=_NAME)
+def test_fuzz_no_case_id_is_ever_taken_for_a_temporary(case_id):
+    """Whatever a case is called, its label file and its history copies are never named like a temporary."""
+    from ASSFTLib.fileutil import is_temporary
+    from ASSFTLib.workspace.paths import LABEL_SUFFIX, WorkspacePaths
+    from ASSFTLib.dataset import _unique_cases, DatasetCase
+    problems: list = []
+    kept = _unique_cases([DatasetCase(case_id, Path(f"{case_id}.nii.gz"))], problems)
+    if not kept:
+        assert case_id.startswith(".") and problems
+        return
+    label = WorkspacePaths(Path("/ws")).label(case_id)
+    assert not is_temporary(label.name)
+    assert not is_temporary(f"{case_id}.20260101T000000.000Z.3{LABEL_SUFFIX}")
+
+
+@FUZZ
+@given(data_file=st.one_of(st.sampled_from(["/etc/passwd", "../secret.raw", "../../x", "sub/../../secret.raw",
+                                            "LIST", "x%03d.raw 1 3 1", "pipe.raw", "inside.raw", "./inside.raw",
+                                            "link.raw", "sub/inside.raw"]),
+                           _NAME.map(lambda s: s.replace("\n", "").replace("\r", "")).filter(lambda s: s.strip())),
+       key=st.sampled_from(["data file", "datafile", "DATA FILE", "data  file"]))
+def test_fuzz_detached_headers_read_only_their_own_folder(tmp_path_factory, data_file, key):
+    """Any ``data file:`` line: the data file read is a regular file in the header's folder, or a VolumeError."""
+    root = tmp_path_factory.mktemp("nhdr")
+    ds = root / "ds"
+    (ds / "sub").mkdir(parents=True)
+    (root / "secret.raw").write_bytes(b"S" * 512)
+    (ds / "inside.raw").write_bytes(bytes(512))
+    (ds / "sub" / "inside.raw").write_bytes(bytes(512))
+    os.mkfifo(ds / "pipe.raw")
+    os.symlink(root / "secret.raw", ds / "link.raw")
+    header = _nhdr(ds / "h.nhdr", data_file).read_text().replace("data file:", f"{key}:")
+    (ds / "h.nhdr").write_text(header)
+    try:
+        files = volumes.detached_data_files(ds / "h.nhdr")
+    except VolumeError as exc:
+        assert "h.nhdr" in str(exc)
+        return
+    for f in files:
+        real = Path(os.path.realpath(f))
+        assert ds.resolve() in real.parents and stat.S_ISREG(os.stat(real).st_mode)

@@ -223,9 +223,14 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         result = self._conn.execute("PRAGMA integrity_check").fetchone()[0]
         if result != "ok":
             problems.append(f"database: {result}")
+        roots = [self.folder] + ([Path(os.path.realpath(self.dataset))] if self.dataset else [])
         for case in self.cases():
             if case.label_path is not None and not case.label_path.exists():
                 problems.append(f"{case.case_id}: label file missing: {case.label_path}")
+            for what, p in (("image", case.image_path), ("label", case.label_path)):
+                real = None if p is None else Path(os.path.realpath(p))
+                if real is not None and not any(real == r or r in real.parents for r in roots):
+                    problems.append(f"{case.case_id}: {what} outside the workspace and its dataset: {p}")
         for m in self.models():
             if not m.path.exists():
                 problems.append(f"model {m.id}: file missing: {m.path}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -78,6 +79,9 @@ class ModelsMixin(DatabaseMixin):
         """Why ``version``'s file cannot be trusted (missing, or its bytes changed since it was registered)."""
         from ..errors import CheckpointError
         from ..models import file_checksum
+        models = self.paths.models.resolve()
+        if models not in Path(os.path.realpath(version.path)).parents:  # a colleague's database may name any file
+            return f"model #{version.id}: the database points outside the workspace's models/ folder: {version.path}"
         if not version.path.exists():
             return f"model #{version.id}: file missing: {version.path}"
         try:

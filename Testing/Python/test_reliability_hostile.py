@@ -606,3 +606,19 @@ def test_fuzz_detached_headers_read_only_their_own_folder(tmp_path_factory, data
     for f in files:
         real = Path(os.path.realpath(f))
         assert ds.resolve() in real.parents and stat.S_ISREG(os.stat(real).st_mode)
+
+
+def test_a_colleagues_database_pointing_outside_is_refused_or_reported(ws, tmp_path, foundation_file):
+    import sqlite3
+    from ASSFTLib import scoring
+    outside = tmp_path / "elsewhere.pt"
+    shutil.copyfile(foundation_file, outside)
+    conn = sqlite3.connect(ws.paths.db)
+    with conn:
+        conn.execute("UPDATE models SET path = ?", (str(outside),))
+        conn.execute("UPDATE cases SET label_path = ? WHERE position = 0", (str(tmp_path / "x.nii.gz"),))
+    conn.close()
+    with pytest.raises(WorkspaceError, match="outside the workspace's models"):
+        scoring.score_cases(ws, ws.settings)
+    problems = ws.integrity_check()
+    assert any("outside the workspace and its dataset" in p for p in problems)

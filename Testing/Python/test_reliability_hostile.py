@@ -521,6 +521,8 @@ def test_output_paths_that_are_folders_or_too_long_are_clear(ws, tmp_path, capsy
     assert cli.main(["rank", str(ws.folder), "--csv", str(folder)]) == 1
     err = capsys.readouterr().err
     assert "is a folder" in err and str(folder) in err and folder.is_dir() and list(folder.iterdir()) == []
+    assert cli.main(["report", str(ws.folder), "--out", str(folder), "--no-score", "--top", "1"]) == 1
+    assert "is a folder" in capsys.readouterr().err and list(folder.iterdir()) == []
     with pytest.raises(ASSFTError, match="bytes long"):
         atomic_write_text(tmp_path / ("x" * 300 + ".csv"), "a")
     deep = tmp_path / ("d" * 250) / ("e" * 250)

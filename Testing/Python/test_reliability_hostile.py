@@ -44,7 +44,8 @@ def ws(tmp_path, tiny_dataset, foundation_file) -> Workspace:  # noqa: F811
 
 
 # ------------------------------------------------------------------ 1. code execution from a workspace
-def test_a_workspace_never_chooses_the_program_that_runs_its_jobs(ws, tmp_path):
+def test_a_workspace_never_chooses_the_program_that_runs_its_jobs(tmp_path, tiny_dataset):  # noqa: F811
+    ws = Workspace.create(tmp_path / "ws", tiny_dataset)  # no model: the job ends at once, after choosing its Python
     marker = tmp_path / "ran"
     script = tmp_path / "evil.sh"
     script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
@@ -58,7 +59,8 @@ def test_a_workspace_never_chooses_the_program_that_runs_its_jobs(ws, tmp_path):
     assert not hasattr(settings, "python_executable")
     from ASSFTLib.jobs import Job
     job = Job.start("score", ws.folder, job_dir=tmp_path / "job")  # the launcher's default: this interpreter
-    assert job.wait(timeout=120) in (0, 1)
+    assert job.wait(timeout=120) == 1
+    assert any(e.get("event") == "error" and "no model" in e.get("message", "") for e in job.poll())
     assert job.process.args[0] == sys.executable
     assert not marker.exists()
     # the Slicer panel's runner takes the Python from its caller, never from the workspace's settings

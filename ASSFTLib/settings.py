@@ -229,7 +229,7 @@ class Settings:
     def load(cls, path: str | Path) -> "Settings":
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as exc:

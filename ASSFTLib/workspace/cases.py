@@ -1,6 +1,7 @@
 """Cases and their labels: listing cases, saving a label on the image's grid, its history."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import shutil
 import sqlite3
@@ -70,7 +71,9 @@ class CasesMixin(DatabaseMixin):
         target = self.paths.label(case_id)
         stamp = now()
         if target.exists():
-            base = f"{case_id}.{stamp.replace(':', '').replace('+', 'Z')}"
+            name = case_id if len(case_id.encode()) <= 150 else \
+                f"{case_id.encode()[:100].decode(errors='ignore')}-{hashlib.sha1(case_id.encode()).hexdigest()[:10]}"
+            base = f"{name}.{stamp.replace(':', '').replace('+', 'Z')}"  # within a file name's 255 bytes
             keep = self.paths.label_history / f"{base}{LABEL_SUFFIX}"
             try:
                 for n in itertools.count(1):  # saves within one millisecond: .2, .3, ... never one over another

@@ -626,3 +626,17 @@ def test_a_colleagues_database_pointing_outside_is_refused_or_reported(ws, tmp_p
         scoring.score_cases(ws, ws.settings)
     problems = ws.integrity_check()
     assert any("outside the workspace and its dataset" in p for p in problems)
+
+
+def test_a_case_with_the_longest_possible_name_keeps_its_history(tmp_path, tiny_dataset):  # noqa: F811
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    src = sorted((tiny_dataset / "imagesTr").iterdir())[0]
+    long_id = "é" * 120 + "x" * 8  # 248 bytes: with .nii.gz the longest name a file system allows
+    shutil.copyfile(src, ds / f"{long_id}.nii.gz")
+    with Workspace.create(tmp_path / "ws", ds) as w:
+        shape = volumes.read_volume(w.image_path(long_id)).shape
+        for value in (1, 0, 1):
+            w.save_label(long_id, np.full(shape, value, np.uint8))
+        assert len(list(w.paths.label_history.iterdir())) == 2
+        assert w.read_label(long_id).max() == 1

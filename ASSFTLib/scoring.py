@@ -201,7 +201,7 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
             raise JobCancelled(f"scoring stopped after {step} of {len(todo)} cases; run it again to continue",
                                path=workspace.folder)
         try:
-            volume = read_volume(case.image_path, kind="image")
+            volume = read_volume(case.image_path, kind="image", root=workspace.dataset)
             check_work_size(volume, model.spec, case.image_path)
             record = score_volume(model, foundation, volume, settings,
                                   foundation_record=f_cached.get(case.case_id)).to_dict()

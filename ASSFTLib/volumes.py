@@ -111,7 +111,7 @@ def find_volume_files(folder: str | Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------
 # reading
-def read_volume(path: str | Path, kind: str = "image") -> Volume:
+def read_volume(path: str | Path, kind: str = "image", root: str | Path | None = None) -> Volume:
     """Read a 3D volume.
 
     ``kind="image"`` gives ``float32`` intensities and rejects NaN/Inf voxels;
@@ -128,7 +128,7 @@ def read_volume(path: str | Path, kind: str = "image") -> Volume:
     if suffix is None:
         raise VolumeError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}", path=path,
                           hint=f"save the volume as one of {SUPPORTED_TEXT}")
-    check_regular_file(path)
+    check_regular_file(path, root=root)  # ``root``: the dataset folder the file must stay in
     if suffix == ".nhdr":
         detached_data_files(path)
     check_volume_size(path, suffix)

@@ -640,3 +640,20 @@ def test_a_case_with_the_longest_possible_name_keeps_its_history(tmp_path, tiny_
             w.save_label(long_id, np.full(shape, value, np.uint8))
         assert len(list(w.paths.label_history.iterdir())) == 2
         assert w.read_label(long_id).max() == 1
+
+
+def test_an_image_swapped_for_an_outside_link_after_init_is_not_read(ws, tmp_path):
+    from ASSFTLib import scoring
+    case = ws.cases()[0]
+    outside = _good(tmp_path / "private", "other_patient.nii.gz")
+    dataset_copy = tmp_path / "image_backup.nii.gz"
+    shutil.copyfile(case.image_path, dataset_copy)
+    case.image_path.unlink()
+    os.symlink(outside, case.image_path)
+    try:
+        result = scoring.score_cases(ws, ws.settings)
+    finally:
+        case.image_path.unlink()
+        shutil.copyfile(dataset_copy, case.image_path)  # the dataset fixture is shared by the session
+    assert "outside the dataset folder" in result["errors"][case.case_id]
+    assert result["scored"] == len(ws.cases()) - 1

@@ -185,12 +185,14 @@ def check_volume_size(path: Path, suffix: str) -> None:
 def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
-        _check_pixel_type(img.get_data_dtype(), path)
+        dtype = np.dtype(img.get_data_dtype())
+        _check_pixel_type(dtype, path)
+        if kind == "image" and dtype.kind in "iu" and dtype.itemsize == 8:
+            raw = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else np.asanyarray(img.dataobj)
+            _check_pixel_type(raw.dtype, path, raw)
+            del raw
         # Force the read here: nibabel loads lazily and a truncated file fails only now.
-        array = np.asanyarray(img.dataobj)
-        if kind == "image":
-            _check_pixel_type(array.dtype, path, array)
-            array = array.astype(np.float32, copy=False)
+        array = img.get_fdata(dtype=np.float32) if kind == "image" else np.asanyarray(img.dataobj)
     except _NIBABEL_READ_ERRORS as exc:
         raise _unreadable(path, exc) from exc
     return array, np.asarray(img.affine, dtype=np.float64)

@@ -81,8 +81,15 @@ def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool =
                     raise FileExistsError(errno.EEXIST, "exists", str(target))
                 os.rename(tmp_path, target)
             else:
-                os.link(tmp_path, target)
-                tmp_path.unlink()
+                try:
+                    os.link(tmp_path, target)
+                    tmp_path.unlink()
+                except FileExistsError:
+                    raise
+                except OSError:  # no hard links here (FAT, some network shares): check, then rename
+                    if target.exists():
+                        raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+                    os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     except BaseException:
         _remove(tmp_path)

@@ -176,10 +176,25 @@ def check_volume_size(path: Path, suffix: str) -> None:
     voxels = 1
     for n in shape:
         voxels *= max(int(n), 1)
+    memory = _physical_memory()
+    if memory and voxels * 8 > memory:  # float32 plus the file's own type: more than the machine holds
+        raise VolumeError(f"declares {voxels:,} voxels (shape {tuple(int(n) for n in shape)}): about "
+                          f"{voxels * 8 / 2 ** 30:.1f} GiB to read, more than this machine's "
+                          f"{memory / 2 ** 30:.1f} GiB of memory", path=path,
+                          hint="crop or downsample the volume, or use a machine with more memory")
     if voxels > MAX_VOXELS:
         raise VolumeError(f"declares {voxels:,} voxels (shape {tuple(int(n) for n in shape)}), more than ASSFT "
                           f"reads ({MAX_VOXELS:,})", path=path,
                           hint="crop or downsample the volume; a corrupt header can also declare this")
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory, or 0 when the system does not say."""
+    try:
+        import os
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -657,3 +657,17 @@ def test_an_image_swapped_for_an_outside_link_after_init_is_not_read(ws, tmp_pat
         shutil.copyfile(dataset_copy, case.image_path)  # the dataset fixture is shared by the session
     assert "outside the dataset folder" in result["errors"][case.case_id]
     assert result["scored"] == len(ws.cases()) - 1
+
+
+def test_a_header_declaring_more_than_memory_is_refused_before_allocating(tmp_path):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.float32)
+    hdr.set_data_shape((4096, 4096, 4096))  # 256 GiB of float32, in a file of a few bytes
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    nib.save(img, str(tmp_path / "small.nii"))
+    raw = bytearray((tmp_path / "small.nii").read_bytes())
+    raw[:348] = hdr.binaryblock  # the header of a huge volume over a tiny file (a lying or damaged header)
+    (tmp_path / "huge.nii").write_bytes(bytes(raw))
+    with pytest.raises(VolumeError, match="voxels") as err:
+        volumes.read_volume(tmp_path / "huge.nii")
+    assert _hinted(str(err.value)) and "huge.nii" in str(err.value)

@@ -63,6 +63,8 @@ def test_a_workspace_never_chooses_the_program_that_runs_its_jobs(tmp_path, tiny
     assert any(e.get("event") == "error" and "no model" in e.get("message", "") for e in job.poll())
     assert job.process.args[0] == sys.executable
     assert not marker.exists()
+    with pytest.raises(ASSFTError, match="not a Python interpreter"):  # the caller's own choice, checked
+        Job.start("score", ws.folder, python=str(tmp_path / "no-such-python"), job_dir=tmp_path / "job2")
     # the Slicer panel's runner takes the Python from its caller, never from the workspace's settings
     runner = (Path(__file__).resolve().parents[2] / "ASSFT" / "ASSFTModuleLib" / "runner.py").read_text()
     assert "python_executable" not in runner and "settings.python" not in runner

@@ -673,3 +673,15 @@ def test_a_header_declaring_more_than_memory_is_refused_before_allocating(tmp_pa
     with pytest.raises(VolumeError, match="voxels") as err:
         volumes.read_volume(tmp_path / "huge.nii")
     assert _hinted(str(err.value)) and "huge.nii" in str(err.value)
+
+
+def test_the_demo_split_of_a_real_dataset_stays_inside_its_folders(hippo_dir, tmp_path):
+    """`assft demo --dataset` splits a user's dataset into folders of its own: hard links or copies, since a
+    dataset's symbolic links must stay inside it (they used to be links into the user's dataset)."""
+    from ASSFTLib.dataset import load_dataset
+    from ASSFTLib.demo import prepare_data
+    pool, test = prepare_data(tmp_path, hippo_dir, n_pool=6, n_test=3, seed=0)
+    for folder, n in ((pool, 6), (test, 3)):
+        cases, problems = load_dataset(folder)
+        assert problems == [] and len(cases) >= n
+        assert not any(c.image.is_symlink() for c in cases)

@@ -212,7 +212,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _applySetupToWorkspace(self) -> None:
         p = self._parameters
-        self.logic.session.updateSettings(budget=p.budget, device=p.device, python_executable=p.python)
+        self.logic.session.updateSettings(budget=p.budget, device=p.device)
 
     # --------------------------------------------------------------- worklist
     def onRefreshWorklist(self) -> None:
@@ -274,7 +274,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(f"Could not start the {kind} job."):
             self._applySetupToWorkspace()
-            self._job = self.logic.jobs.start(kind)
+            self._job = self.logic.jobs.start(kind, python=self._parameters.python or None)
             self._cancelDeadline = None
             self.ui.jobProgressBar.setVisible(True)
             self.ui.jobProgressBar.setRange(0, 0)  # busy until the first progress event

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import ASSFTError
 
 #: Subcommands in the order ``assft --help`` lists them (the loop's order).
-COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "train", "pseudo", "report", "benchmark")
+COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "train", "use-model", "pseudo", "report",
+            "benchmark")
 
 
 def _command_modules():
     for name in COMMANDS:
-        yield importlib.import_module(f"ASSFTLib.commands.{name}")
+        yield importlib.import_module(f"ASSFTLib.commands.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ASSFTError as exc:
         print(f"assft {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # a query the workspace did not wrap: still one clear line
+        from .workspace.schema import database_error
+        print(f"assft {args.command}: error: {database_error(exc, Path(getattr(args, 'workspace', '.')) / 'assft.db')}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"assft {args.command}: interrupted", file=sys.stderr)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DatasetError
-from .volumes import SUPPORTED_TEXT, case_id_from_path, find_volume_files
+from .errors import DatasetError, VolumeError
+from .filecheck import check_regular_file, detached_data_files
+from .volumes import SUPPORTED_TEXT, case_id_from_path, volume_suffix
 
 DATASET_JSON = "dataset.json"
 
@@ -102,15 +103,19 @@ def _msd_entries(folder: Path, problems: list[DatasetProblem]) -> list[DatasetCa
         image = _inside(folder, entry["image"], problems, json_path)
         if image is None:
             continue
-        if not image.is_file():
+        if not os.path.lexists(image):
             problems.append(DatasetProblem(image, "listed in dataset.json but missing; case ignored"))
+            continue
+        if not _usable(folder, image, problems, "case ignored"):
             continue
         label = None
         if has_label and isinstance(entry.get("label"), str):
             label = _inside(folder, entry["label"], problems, json_path)
-            if label is not None and not label.is_file():
+            if label is not None and not os.path.lexists(label):
                 problems.append(DatasetProblem(label, "label listed in dataset.json but missing; "
                                                       "the case is kept without a label"))
+                label = None
+            elif label is not None and not _usable(folder, label, problems, "the case is kept without a label"):
                 label = None
         meta = {k: v for k, v in entry.items() if k not in ("image", "label")}
         cases.append(DatasetCase(case_id_from_path(image), image, label, meta))
@@ -130,19 +135,58 @@ def _inside(folder: Path, relative: str, problems: list[DatasetProblem], source:
 def _scanned_entries(folder: Path, problems: list[DatasetProblem]) -> list[DatasetCase]:
     """Cases from the files: ``imagesTr`` (labels from ``labelsTr``) and ``imagesTs``, else ``folder`` itself."""
     labels: dict[str, Path] = {}
-    for path in find_volume_files(folder / "labelsTr"):
+    for path in _scan(folder, folder / "labelsTr", problems):
         labels.setdefault(case_id_from_path(path), path)
     labelled_dir = folder / "imagesTr" if (folder / "imagesTr").is_dir() else folder
     cases = [DatasetCase(case_id_from_path(p), p, labels.pop(case_id_from_path(p), None))
-             for p in find_volume_files(labelled_dir)]
-    cases += [DatasetCase(case_id_from_path(p), p) for p in find_volume_files(folder / "imagesTs")]
+             for p in _scan(folder, labelled_dir, problems)]
+    cases += [DatasetCase(case_id_from_path(p), p) for p in _scan(folder, folder / "imagesTs", problems)]
     problems.extend(DatasetProblem(path, "label without an image; ignored") for path in labels.values())
     return cases
+
+
+def _scan(root: Path, folder: Path, problems: list[DatasetProblem]) -> list[Path]:
+    """The usable volume files directly in ``folder``; volume-named entries that are not usable (dangling,
+    looping or outside links, FIFOs, devices, folders, detached headers pointing elsewhere) are problems,
+    not silently skipped.  Hidden names (``.x``: temporaries, macOS ``._`` forks) are skipped."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not volume_suffix(path):
+            continue
+        if _usable(root, path, problems, "ignored"):
+            found.append(path)
+    return found
+
+
+def _usable(root: Path, path: Path, problems: list[DatasetProblem], consequence: str) -> bool:
+    """Whether ``path`` is a regular file (or a link to one) inside ``root`` whose name the workspace can
+    store; a detached NRRD header's data file must be inside too.  Otherwise a problem is recorded."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        problems.append(DatasetProblem(Path(os.fsdecode(os.fsencode(path)).encode("utf-8", "replace")
+                                            .decode("utf-8")),
+                                       f"its name is not valid UTF-8; {consequence} (rename the file)"))
+        return False
+    try:
+        check_regular_file(path, root=root)
+        if volume_suffix(path) == ".nhdr":
+            detached_data_files(path)
+    except VolumeError as exc:
+        problems.append(DatasetProblem(path, f"{exc.message}; {consequence} ({exc.hint})"))
+        return False
+    return True
 
 
 def _unique_cases(cases: list[DatasetCase], problems: list[DatasetProblem]) -> list[DatasetCase]:
     seen: dict[str, DatasetCase] = {}
     for case in cases:
+        if case.case_id.startswith("."):
+            problems.append(DatasetProblem(case.image, f"case id {case.case_id!r} starts with '.', which marks "
+                                                       "hidden and temporary files; ignored (rename the file)"))
+            continue
         if case.case_id in seen:
             problems.append(DatasetProblem(case.image, f"duplicate case id {case.case_id!r} "
                                                        f"(already used by {seen[case.case_id].image.name}); ignored"))
@@ -163,7 +207,7 @@ def read_dataset_json(folder: str | Path) -> dict | None:
     json_path = Path(folder) / DATASET_JSON
     if not json_path.is_file():
         return None
-    data = json.loads(json_path.read_text(encoding="utf-8"))
+    data = json.loads(json_path.read_text(encoding="utf-8-sig"))  # a BOM is fine
     if not isinstance(data, dict):
         raise ValueError("the top level is not an object")
     return data
@@ -171,20 +215,31 @@ def read_dataset_json(folder: str | Path) -> dict | None:
 
 def dataset_classes(folder: str | Path) -> list[str] | None:
     """Class names from an MSD ``dataset.json`` (``labels``: {"0": "background", ...}), if present."""
+    json_path = Path(folder) / DATASET_JSON
     try:
         data = read_dataset_json(folder)
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        # guessing two classes here would silently train the wrong task
+        raise DatasetError(f"cannot be read, so the task's classes are unknown ({exc})", path=json_path,
+                           hint="save it as a UTF-8 JSON object, or pass the classes with --classes") from exc
     labels = None if data is None else data.get("labels")
-    if not isinstance(labels, dict):
+    if labels is not None and not isinstance(labels, dict):
+        raise DatasetError(f"'labels' must be an object such as {{\"0\": \"background\", \"1\": \"liver\"}}, "
+                           f"not {type(labels).__name__}", path=json_path,
+                           hint="fix the labels entry, or pass the classes with --classes")
+    if not labels:
         return None
     try:
-        items = sorted((int(k), str(v)) for k, v in labels.items())
-    except ValueError:  # nnU-Net v2 style: {"background": 0, ...}
-        items = sorted((int(v), str(k)) for k, v in labels.items())
+        try:
+            items = sorted((int(k), str(v)) for k, v in labels.items())
+        except (TypeError, ValueError):  # nnU-Net v2 style: {"background": 0, ...}
+            items = sorted((int(v), str(k)) for k, v in labels.items())
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"'labels' maps neither numbers to names nor names to numbers ({exc})", path=json_path,
+                           hint="fix the labels entry, or pass the classes with --classes") from exc
     if [i for i, _ in items] != list(range(len(items))):
         raise DatasetError("dataset.json 'labels' must number the classes 0..C-1 without gaps",
-                           path=Path(folder) / DATASET_JSON, hint="fix the labels entry")
+                           path=json_path, hint="fix the labels entry")
     return [name for _, name in items]
 
 

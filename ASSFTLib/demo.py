@@ -9,6 +9,7 @@ that the loop never sees.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ class DemoRound:
 
 
 def _link_cases(cases, folder: Path, classes: Sequence[str]) -> Path:
-    """An MSD folder of symbolic links to ``cases`` (so a user's dataset is split without copying)."""
+    """An MSD folder of hard links to ``cases`` (a user's dataset split without copying; copies across file
+    systems).  Not symbolic links: a dataset's links must stay inside it (docs/reliability.md)."""
     import json
     for sub in ("imagesTr", "labelsTr"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -46,7 +48,10 @@ def _link_cases(cases, folder: Path, classes: Sequence[str]) -> Path:
         for src, sub in ((c.image, "imagesTr"), (c.label, "labelsTr")):
             dst = folder / sub / name
             if not dst.exists():
-                os.symlink(Path(src).resolve(), dst)
+                try:
+                    os.link(Path(src).resolve(), dst)
+                except OSError:  # another file system, or no hard links there
+                    shutil.copyfile(Path(src).resolve(), dst)
         entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     (folder / "dataset.json").write_text(json.dumps(
         {"name": "assft-demo-split", "labels": {str(i): n for i, n in enumerate(classes)}, "training": entries},

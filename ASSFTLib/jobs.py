@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
+from .errors import ASSFTError
 from .worker import CANCEL_FILE, EXIT_CANCELLED, default_job_dir
 
 #: Events after which the worker says nothing more.
@@ -53,9 +54,17 @@ class Job:
               device: str | None = None, job_dir: str | Path | None = None, env: dict | None = None) -> "Job":
         """Start ``python -m ASSFTLib.worker KIND --workspace WORKSPACE --job-dir DIR [--device DEV] ARGS``.
 
+        ``python`` is the caller's choice on its own machine (Slicer's application settings, a site's GPU
+        environment); it defaults to the running interpreter.  Nothing in the workspace chooses it: a
+        workspace is data that anyone may hand over.
+
         ``job_dir`` defaults to a new folder under ``WORKSPACE/jobs``; pass the
         folder of a cancelled job with ``args=["--resume"]`` to continue it.
         """
+        if python and not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise ASSFTError("is not a Python interpreter this machine can run", path=python,
+                             hint="choose the python executable of an environment with torch and MONAI, "
+                                  "or leave it empty for this application's own Python")
         job_dir = Path(job_dir) if job_dir else default_job_dir(workspace, kind)
         job_dir.mkdir(parents=True, exist_ok=True)
         cmd = [python or sys.executable, "-m", "ASSFTLib.worker", kind, "--workspace", str(workspace),

@@ -241,7 +241,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
         intro["model"] = "none: register a foundation model and score"
         return write_html(out_html, [], title="ASSFT report", intro=intro)
     intro["model"] = f"#{current.id} {current.kind} {current.checksum}"
-    model = load_model(current.path, device=settings.resolved_device())
+    model = load_model(ws.verified(current).path, device=settings.resolved_device())  # never a swapped file
     can_segment = model.spec.has_task_head
 
     table = scoring.rank_cases(ws, settings)

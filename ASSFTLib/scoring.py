@@ -153,6 +153,12 @@ def _models_of(workspace):
     return current, workspace.foundation_model() or current
 
 
+def _verified_models(workspace):
+    """:func:`_models_of`, each file checked against its recorded checksum before it is used."""
+    current, found = _models_of(workspace)
+    return workspace.verified(current), workspace.verified(found)
+
+
 def score_cases(workspace, settings: Settings | None = None, progress: Progress | None = None,
                 should_stop: Callable[[], bool] | None = None, case_ids: list[str] | None = None) -> dict:
     """Score every case (or ``case_ids``) the cache lacks for the current model and settings.
@@ -167,7 +173,7 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
     from .volumes import read_volume
     from .models import load_model
     settings = settings or workspace.settings
-    current, found = _models_of(workspace)
+    current, found = _verified_models(workspace)
     key = (current.checksum, settings.scoring_hash())
     cases = workspace.cases()
     if case_ids is not None:
@@ -195,19 +201,50 @@ def score_cases(workspace, settings: Settings | None = None, progress: Progress 
             raise JobCancelled(f"scoring stopped after {step} of {len(todo)} cases; run it again to continue",
                                path=workspace.folder)
         try:
-            volume = read_volume(case.image_path, kind="image")
+            volume = read_volume(case.image_path, kind="image", root=workspace.dataset)
+            check_work_size(volume, model.spec, case.image_path)
             record = score_volume(model, foundation, volume, settings,
                                   foundation_record=f_cached.get(case.case_id)).to_dict()
             summary["scored"] += 1
-        except ASSFTError as exc:
-            record = {"error": str(exc)}
-            summary["errors"][case.case_id] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad case never stops the others (docs/reliability.md)
+            message = case_failure(exc)
+            record = {"error": message, "error_type": type(exc).__name__}
+            summary["errors"][case.case_id] = message
+        finally:
+            volume = None  # a huge volume's memory goes before the next case
         workspace.put_scores(*key, {case.case_id: record})
         if "error" not in record and case.case_id not in f_cached:
             workspace.put_scores(*f_key, {case.case_id: foundation_part(record)})
         if progress is not None:
             progress(step + 1, len(todo), {"case_id": case.case_id, "error": record.get("error")})
     return summary
+
+
+def case_failure(exc: BaseException) -> str:
+    """One line for a case that could not be scored: the ASSFT message, or the unexpected error with a hint."""
+    if isinstance(exc, ASSFTError):
+        return str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return (f"ran out of memory ({type(exc).__name__}) (crop or downsample this volume, lower sw_batch_size, "
+                "or score on a machine with more memory)")
+    detail = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {detail} (an unexpected failure on this volume; the other cases were scored)"
+
+
+#: Most voxels one volume may have on the network's grid (resampling included) before scoring refuses it.
+MAX_GRID_VOXELS = 2 ** 30
+
+
+def check_work_size(volume, spec, path) -> None:
+    """Refuse, before allocating, a volume whose network grid (after the model's resampling) is too large."""
+    from .preprocess import resampled_shape
+    target = spec.preprocessing.get("target_spacing")
+    shape = resampled_shape(volume.shape, volume.spacing, target) if target is not None else volume.shape
+    voxels = math.prod(int(n) for n in shape)
+    if voxels > MAX_GRID_VOXELS:
+        raise ASSFTError(f"would be {voxels:,} voxels on the model's grid (shape {tuple(shape)}), more than "
+                         f"ASSFT scores ({MAX_GRID_VOXELS:,})", path=path,
+                         hint="crop the volume, or use a model whose target spacing suits it")
 
 
 # ----------------------------------------------------------------------------

@@ -10,12 +10,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from . import strategies
 from .errors import ASSFTError
+
+#: Fields of older releases that settings.json files may still hold: ignored, with the reason.
+REMOVED_FIELDS = {
+    "python_executable": "a workspace never chooses the program that runs its jobs (anyone could hand over a "
+                         "workspace whose settings name a script); the Python is chosen on this machine: "
+                         "the Slicer application settings, or the interpreter running `assft`",
+}
+MAX_PATCH = 512
+_CUDA = re.compile(r"^cuda(:\d+)?$")
+
+
+class SettingsError(ASSFTError):
+    """A setting of the wrong type, out of range, NaN or unknown (an ``ASSFTError``)."""
+
+
+class SettingsNote(UserWarning):
+    """Something in a settings file was ignored (a field of an older release)."""
+
 
 #: Fields that change what a scoring pass computes; their hash keys the score cache.
 SCORING_FIELDS = (
@@ -81,18 +102,50 @@ class Settings:
 
     # --- environment ---
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
-    python_executable: str = ""             # empty: the Python running ASSFT
+    # (which Python runs background jobs is the caller's choice, jobs.Job.start(python=...), never a setting:
+    # a workspace is data someone else may hand over; REMOVED_FIELDS)
     num_threads: int = 0                    # 0: torch's default
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.patch_size = tuple(int(v) for v in self.patch_size)
         self.validate()
+
+    def _check_types(self) -> None:
+        """Each field holds its default's type: ``"tta_flips": "no"`` is refused, not taken as true; numbers are
+        finite; an integer field takes 3 or 3.0 but not 3.5.  Integral floats become ints."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            what = f"{f.name}={value!r}"
+            hint = "fix settings.json or the command-line option"
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise SettingsError(f"invalid setting: {what} must be true or false", hint=hint)
+            elif isinstance(default, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise SettingsError(f"invalid setting: {what} must be a number", hint=hint)
+                if not math.isfinite(value):
+                    raise SettingsError(f"invalid setting: {what} must be a finite number", hint=hint)
+                if isinstance(default, int):
+                    if value != int(value):
+                        raise SettingsError(f"invalid setting: {what} must be a whole number", hint=hint)
+                    setattr(self, f.name, int(value))
+                else:
+                    setattr(self, f.name, float(value))
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise SettingsError(f"invalid setting: {what} must be a text", hint=hint)
+            elif f.name == "patch_size":
+                if (not isinstance(value, (list, tuple)) or len(value) != 3
+                        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                               or v != int(v) for v in value)):
+                    raise SettingsError(f"invalid setting: {what} must be three whole numbers", hint=hint)
 
     # ------------------------------------------------------------------
     def validate(self) -> "Settings":
         def check(cond: bool, what: str) -> None:
             if not cond:
-                raise ASSFTError(f"invalid setting: {what}", hint="fix settings.json or the command-line option")
+                raise SettingsError(f"invalid setting: {what}", hint="fix settings.json or the command-line option")
 
         check(self.divergence_mode in ("auto", "bnstats", "pretext", "drift"),
               f"divergence_mode={self.divergence_mode!r} (auto, bnstats, pretext or drift)")
@@ -121,8 +174,17 @@ class Settings:
         check(self.learning_rate > 0 and self.encoder_lr_ratio >= 0, "learning rates must be positive")
         check(int(self.pretext_mask_block) >= 1, "pretext_mask_block must be at least 1")
         check(0.0 < self.pretext_mask_ratio <= 1.0, f"pretext_mask_ratio={self.pretext_mask_ratio} must lie in (0, 1]")
-        check(len(self.patch_size) == 3 and all(p >= 8 for p in self.patch_size),
-              f"patch_size={self.patch_size} must be three sizes of at least 8")
+        check(len(self.patch_size) == 3 and all(8 <= p <= MAX_PATCH for p in self.patch_size),
+              f"patch_size={self.patch_size} must be three sizes of 8 to {MAX_PATCH}")
+        # bounds that keep one volume's work finite (a huge ROI dilation or batch is one case stopping everything)
+        check(int(self.roi_dilation) <= 64, f"roi_dilation={self.roi_dilation} must be at most 64 voxels")
+        for name, top in (("batch_size", 256), ("sw_batch_size", 256), ("mc_dropout_samples", 100),
+                          ("max_steps", 10_000_000), ("pretrain_steps", 10_000_000), ("num_threads", 1024)):
+            check(int(getattr(self, name)) <= top, f"{name}={getattr(self, name)} must be at most {top}")
+        check(self.learning_rate <= 1.0, f"learning_rate={self.learning_rate} must be at most 1")
+        check(self.encoder_lr_ratio <= 100.0, f"encoder_lr_ratio={self.encoder_lr_ratio} must be at most 100")
+        check(self.device == "auto" or self.device == "cpu" or _CUDA.match(self.device) is not None,
+              f"device={self.device!r} (auto, cpu, cuda or cuda:N)")
         return self
 
     # ------------------------------------------------------------------
@@ -132,14 +194,31 @@ class Settings:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Settings":
+    def from_dict(cls, data: dict[str, Any], path: str | Path | None = None) -> "Settings":
+        """Settings from a dict (settings.json); fields of older releases that are now ignored
+        (:data:`REMOVED_FIELDS`) are dropped with a :class:`SettingsNote` warning."""
+        if not isinstance(data, dict):
+            raise SettingsError(f"settings must be a JSON object, not {type(data).__name__}", path=path,
+                                hint="fix the file or delete it to return to the defaults")
         known = {f.name for f in fields(cls)}
         if not data.get("extra", True):  # the removed, never-used "extra": {} of older settings.json files
             data = {k: v for k, v in data.items() if k != "extra"}
+        for name in sorted(set(data) & set(REMOVED_FIELDS)):
+            value = data[name]
+            data = {k: v for k, v in data.items() if k != name}
+            if value not in ("", None):
+                warnings.warn(SettingsNote(f"{path or 'settings'}: {name}={value!r} is ignored: "
+                                           f"{REMOVED_FIELDS[name]}"), stacklevel=2)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ASSFTError(f"unknown settings: {', '.join(unknown)}", hint="remove them or check their spelling")
-        return cls(**data)
+            raise SettingsError(f"unknown settings: {', '.join(unknown)}", path=path,
+                                hint="remove them or check their spelling")
+        try:
+            return cls(**data)
+        except SettingsError as exc:
+            if path is not None and exc.path is None:
+                raise SettingsError(exc.message, path=path, hint=exc.hint) from None
+            raise
 
     def replace(self, **changes: Any) -> "Settings":
         return Settings.from_dict({**self.to_dict(), **changes})
@@ -152,13 +231,13 @@ class Settings:
     def load(cls, path: str | Path) -> "Settings":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as exc:
-            raise ASSFTError(f"settings file cannot be read: {exc}", path=path,
-                             hint="fix the JSON or delete the file to return to the defaults") from exc
-        return cls.from_dict(data)
+            raise SettingsError(f"settings file cannot be read: {exc}", path=path,
+                                hint="fix the JSON or delete the file to return to the defaults") from exc
+        return cls.from_dict(data, path=path)
 
     def round_steps(self, train_volumes: int) -> int:
         """Training steps of a fine-tuning round on ``train_volumes`` volumes: ``steps``, or when 0,

@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import GeometryError, LabelError, VolumeError
+from .filecheck import check_regular_file, detached_data_files
 from .fileutil import atomic_path
 
 #: Geometry tolerance: relative for spacing, in voxels for origin, absolute for direction
@@ -110,7 +111,7 @@ def find_volume_files(folder: str | Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------
 # reading
-def read_volume(path: str | Path, kind: str = "image") -> Volume:
+def read_volume(path: str | Path, kind: str = "image", root: str | Path | None = None) -> Volume:
     """Read a 3D volume.
 
     ``kind="image"`` gives ``float32`` intensities and rejects NaN/Inf voxels;
@@ -127,18 +128,84 @@ def read_volume(path: str | Path, kind: str = "image") -> Volume:
     if suffix is None:
         raise VolumeError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}", path=path,
                           hint=f"save the volume as one of {SUPPORTED_TEXT}")
-    if not path.is_file():
-        raise VolumeError("file not found" if not path.exists() else "is not a file", path=path,
-                          hint="check the path, or re-export the volume")
-    array, affine = _FORMAT_OF[suffix].read(path, kind)
+    check_regular_file(path, root=root)  # ``root``: the dataset folder the file must stay in
+    if suffix == ".nhdr":
+        detached_data_files(path)
+    check_volume_size(path, suffix)
+    try:
+        array, affine = _FORMAT_OF[suffix].read(path, kind)
+    except MemoryError as exc:
+        raise VolumeError("is too large to read into memory", path=path,
+                          hint="crop or downsample the volume, or use a machine with more memory") from exc
     array = _as_3d(array, path)
+    _check_geometry(affine, path)
     array = _as_image(array, path) if kind == "image" else _as_label(array, path)
     return Volume(array, affine, path)
+
+
+def _check_geometry(affine: np.ndarray, path: Path) -> None:
+    """A grid labels can be drawn on: a finite affine with non-zero, invertible voxel axes."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    hint = "fix the volume's header (spacing, origin, orientation) in the program that exported it"
+    if not np.isfinite(affine).all():
+        raise VolumeError("has a geometry (affine) with NaN or infinite values", path=path, hint=hint)
+    spacing = np.linalg.norm(linear, axis=0)
+    if (spacing <= 1e-6).any():
+        raise VolumeError(f"has zero voxel spacing ({_fmt(spacing)} mm)", path=path, hint=hint)
+    if abs(np.linalg.det(linear / spacing)) < 1e-6:
+        raise VolumeError("has a singular orientation: its voxel axes are not independent", path=path, hint=hint)
+
+
+#: Largest volume read, in voxels (2**31: an 1290^3 grid); a header declaring more is refused before allocating.
+MAX_VOXELS = 2 ** 31
+
+
+def check_volume_size(path: Path, suffix: str) -> None:
+    """Refuse a file whose header declares more voxels than :data:`MAX_VOXELS` (or than memory could
+    hold) before anything is allocated: one bad case must not stop a whole scoring run."""
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            shape = nib.load(str(path)).header.get_data_shape()
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape = tuple(reader.GetSize()) + (reader.GetNumberOfComponents(),)
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader itself
+        return
+    voxels = 1
+    for n in shape:
+        voxels *= max(int(n), 1)
+    memory = _physical_memory()
+    if memory and voxels * 8 > memory:  # float32 plus the file's own type: more than the machine holds
+        raise VolumeError(f"declares {voxels:,} voxels (shape {tuple(int(n) for n in shape)}): about "
+                          f"{voxels * 8 / 2 ** 30:.1f} GiB to read, more than this machine's "
+                          f"{memory / 2 ** 30:.1f} GiB of memory", path=path,
+                          hint="crop or downsample the volume, or use a machine with more memory")
+    if voxels > MAX_VOXELS:
+        raise VolumeError(f"declares {voxels:,} voxels (shape {tuple(int(n) for n in shape)}), more than ASSFT "
+                          f"reads ({MAX_VOXELS:,})", path=path,
+                          hint="crop or downsample the volume; a corrupt header can also declare this")
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory, or 0 when the system does not say."""
+    try:
+        import os
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
+        dtype = np.dtype(img.get_data_dtype())
+        _check_pixel_type(dtype, path)
+        if kind == "image" and dtype.kind in "iu" and dtype.itemsize == 8:
+            raw = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else np.asanyarray(img.dataobj)
+            _check_pixel_type(raw.dtype, path, raw)
+            del raw
         # Force the read here: nibabel loads lazily and a truncated file fails only now.
         array = img.get_fdata(dtype=np.float32) if kind == "image" else np.asanyarray(img.dataobj)
     except _NIBABEL_READ_ERRORS as exc:
@@ -152,6 +219,8 @@ def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
         array = sitk.GetArrayFromImage(img)
     except (RuntimeError, OverflowError, MemoryError) as exc:
         raise _unreadable(path, exc) from exc
+    _check_pixel_type(array.dtype, path, array if kind == "image" else None)
+
     ndim = img.GetDimension()
     if img.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: (..., C) after the spatial axes
         array = np.moveaxis(array, -1, 0)
@@ -165,6 +234,29 @@ def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
     affine[:3, 3] = _LPS_TO_RAS @ origin
     return array, affine
+
+
+#: Integers above this lose their value as float32 (the network's type).
+_FLOAT32_EXACT = 2 ** 24
+
+
+def _check_pixel_type(dtype: np.dtype, path: Path, array: np.ndarray | None = None) -> None:
+    """Refuse pixel types the network cannot use faithfully: RGB(A), complex, 64-bit integers beyond float32."""
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind == "V":
+        raise VolumeError(f"holds colour (RGB) or compound pixels ({dtype}), not one intensity per voxel", path=path,
+                          hint="convert the volume to a single-channel (greyscale) image and save it again")
+    if dtype.kind == "c":
+        raise VolumeError(f"holds complex pixels ({dtype})", path=path,
+                          hint="save the magnitude image (a real-valued volume) instead")
+    if dtype.kind not in "biuf":
+        raise VolumeError(f"has pixel type {dtype}, which is not a number", path=path,
+                          hint="save the volume with a numeric pixel type")
+    if array is not None and dtype.kind in "iu" and dtype.itemsize == 8 and array.size:
+        big = int(max(abs(int(array.min())), abs(int(array.max()))))
+        if big > _FLOAT32_EXACT:
+            raise VolumeError(f"holds 64-bit integers up to {big}, beyond what float32 keeps exactly", path=path,
+                              hint="rescale the intensities (e.g. to int16 or float32) and save the volume again")
 
 
 def _unreadable(path: Path, exc: BaseException) -> VolumeError:

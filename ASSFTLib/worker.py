@@ -37,8 +37,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import ASSFTError, JobCancelled, WorkspaceBusy
-from .workspace.paths import WorkspacePaths, job_state_path
+from .errors import ASSFTError, JobCancelled, WorkspaceBusy, WorkspaceError
+from .workspace.paths import WorkspacePaths, check_job_dir, job_state_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED, EXIT_BUSY = 0, 1, 2, 3, 4
 KINDS = ("score", "train", "pretrain")
@@ -241,6 +241,10 @@ def finish_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ar
                          "create one with `assft init WORKSPACE --dataset FOLDER`")
         args.job_dir = str(default_job_dir(args.workspace, args.kind))
     job_dir = Path(args.job_dir)
+    try:  # before anything is written there: a job folder is never the workspace's own data
+        check_job_dir(job_dir, args.resume, workspace=args.workspace)
+    except WorkspaceError as exc:
+        parser.error(str(exc))
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / CANCEL_FILE).unlink(missing_ok=True)  # a resumed job must not stop at once
     return args

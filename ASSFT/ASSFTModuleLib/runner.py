@@ -2,7 +2,7 @@
 
 The process itself is :class:`ASSFTLib.jobs.Job` (polled by the panel's timer,
 its events shown through :func:`ASSFTLib.jobs.describe_event`); this file picks
-the Python and device from the workspace's settings.
+the device from the workspace's settings; the Python is the caller's.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ class JobRunner:
     def __init__(self, session: WorkspaceSession) -> None:
         self.session = session
 
-    def start(self, kind: str):
-        """Start a background ``score`` or ``train`` job with the workspace's Python and device settings."""
+    def start(self, kind: str, python: str | None = None):
+        """Start a background ``score`` or ``train`` job with ``python`` (this machine's choice; default Slicer's
+        own) and the workspace's device.  A workspace never chooses the program that runs (docs/reliability.md)."""
         from ASSFTLib.jobs import Job
         ws = self.session.require()
         settings = ws.settings
-        python = settings.python_executable or self.slicerPython()
+        python = python or self.slicerPython()
         device = None if settings.device == "auto" else settings.device
         return Job.start(kind, ws.folder, python=python, device=device)
 

@@ -35,11 +35,12 @@ class WorkspaceSession:
             raise ASSFTError("a new workspace needs a folder and a dataset folder",
                              hint="choose both in Setup, then Create workspace")
         self.close()
-        self.workspace = Workspace.create(folder, dataset=dataset)
         if model:
-            from ASSFTLib.models import load_model
-            load_model(model)  # refuse an unusable checkpoint before registering it
-            self.workspace.register_model(model, kind="foundation")
+            from ASSFTLib.dataset import task_classes
+            from ASSFTLib.models import check_task_compatible, load_model
+            # refuse an unusable checkpoint before creating anything
+            check_task_compatible(load_model(model), task_classes(dataset))
+        self.workspace = Workspace.create(folder, dataset=dataset, foundation=model or None)  # all or nothing
         return self.summary()
 
     def reopen(self) -> None:
@@ -88,5 +89,5 @@ class WorkspaceSession:
             return None
         if self._model is None or self._model.checksum != version.checksum:
             from ASSFTLib.models import load_model
-            self._model = load_model(version.path, device=ws.settings.resolved_device())
+            self._model = load_model(ws.verified(version).path, device=ws.settings.resolved_device())
         return self._model

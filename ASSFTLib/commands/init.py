@@ -25,9 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model:  # refuse an unsafe, damaged or unsuitable checkpoint before creating anything
         from ..models import check_task_compatible, load_model
         check_task_compatible(load_model(args.model), task_classes(args.dataset, classes))
-    ws = Workspace.create(args.workspace, dataset=args.dataset, import_labels=args.import_labels, classes=classes)
-    if args.model:
-        ws.register_model(args.model, kind="foundation")
+    ws = Workspace.create(args.workspace, dataset=args.dataset, import_labels=args.import_labels, classes=classes,
+                          foundation=args.model)  # all or nothing, the model included
     s = ws.summary()
     print(f"workspace {s['folder']}: {s['cases']} cases ({s['labeled']} labeled, {s['unlabeled']} unlabeled), "
           f"classes {', '.join(s['classes'])}")

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         if current is None:
             raise WorkspaceError("the workspace has no model yet", path=ws.folder,
                                  hint="register a foundation model and train a first round")
-        teacher = load_model(current.path, device=settings.resolved_device())
+        teacher = load_model(ws.verified(current).path, device=settings.resolved_device())
         if not teacher.spec.has_task_head:
             raise WorkspaceError("the current model has no segmentation head, so it cannot pseudo-label yet",
                                  path=current.path, hint="train a first round (assft train WORKSPACE)")

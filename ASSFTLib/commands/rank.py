@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     for note in table.notes:
         print(f"note: {note}")
     print(format_table(table, args.all))
+    failed = [r for r in table.rows if r.status == "error"]
+    if failed and not args.all:  # one bad case never hides: say which failed and why
+        print(f"{len(failed)} cases could not be scored (`assft score` retries them):")
+        for r in failed:
+            print(f"  {r.case_id}: {r.note}")
     unscored = sum(r.status == "unscored" for r in table.rows)
     if unscored:
         print(f"{unscored} cases have no score yet: run `assft score {args.workspace}`")

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..scoring import score_cases
     from ..workspace import Workspace
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace) as ws, ws.job_lock():  # a second `assft score` is told, not duplicated
         settings = ws.settings.replace(device=args.device) if args.device else ws.settings
         if args.json_events:
             from ..worker import EventWriter, progress_to_events

@@ -36,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
         if m and m["metrics"]:
             print("           " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in m["metrics"].items() if not isinstance(v, (dict, list))))
+        for problem in s.get("model_problems", []):
+            print(f"           WARNING: {problem}")
+        failures = s.get("score_failures", {})
+        if failures:
+            print(f"failed     {len(failures)} cases could not be scored with this model:")
+            for case_id, message in failures.items():
+                print(f"  {case_id}: {message}")
         print(f"rounds     {len(rounds)}")
         for r in rounds[-10:]:
             print(f"  #{r.id:<3} {r.kind:<9} {r.status:<9} {r.started_at}")

@@ -382,6 +382,7 @@ def check_task_compatible(loaded: LoadedModel, classes: Sequence[str],
     """
     spec, path = loaded.spec, loaded.path
     warnings: list[str] = []
+    check_runnable(spec, path)
     in_channels = spec.kwargs.get("in_channels", 1)
     if int(in_channels) != 1:
         raise CheckpointError(f"checkpoint's {spec.network} takes {in_channels} input channels; ASSFT feeds one "
@@ -407,6 +408,38 @@ def check_task_compatible(loaded: LoadedModel, classes: Sequence[str],
                                   "deepest level, where its normalisation cannot train", path=path,
                                   hint=f"choose a patch size of at least twice {div} along one axis")
     return warnings
+
+
+#: What a checkpoint's spec may ask for and still run on one volume (scoring would fail on every case).
+MAX_CHANNELS = 2048
+SPACING_RANGE_MM = (0.01, 50.0)
+
+
+def check_runnable(spec: ModelSpec, path=None) -> None:
+    """Refuse (CheckpointError) a spec no volume can run: not 3-D, absurd resampling or channel counts.
+
+    Checked when a model is registered (``assft init --model``) and before a round trains from it, so
+    that ``assft score`` never meets it on every case.
+    """
+    hint = "choose a 3-D single-channel segmentation model, or fix its spec"
+    dims = spec.kwargs.get("spatial_dims", 3)
+    if int(dims) != 3:
+        raise CheckpointError(f"checkpoint's {spec.network} is {dims}-D; ASSFT segments 3-D volumes", path=path,
+                              hint=hint)
+    if any(not 8 <= int(p) <= 512 for p in spec.patch_size):
+        raise CheckpointError(f"checkpoint's patch size {tuple(spec.patch_size)} is outside 8..512 voxels",
+                              path=path, hint=hint)
+    target = spec.preprocessing.get("target_spacing")
+    lo, hi = SPACING_RANGE_MM
+    if target is not None and any(not (math.isfinite(float(t)) and lo <= float(t) <= hi) for t in target):
+        raise CheckpointError(f"checkpoint resamples to {list(target)} mm voxels, outside {lo}-{hi} mm", path=path,
+                              hint=hint)
+    widths = [v for key, value in spec.kwargs.items() if key in ("channels", "feature_size", "init_filters",
+                                                                 "out_channels", "features")
+              for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, (int, float))]
+    if widths and max(widths) > MAX_CHANNELS:
+        raise CheckpointError(f"checkpoint's {spec.network} has {int(max(widths))} channels in one layer, more "
+                              f"than ASSFT runs ({MAX_CHANNELS})", path=path, hint=hint)
 
 
 def make_task_network(foundation: LoadedModel, classes: Sequence[str]) -> tuple[nn.Module, ModelSpec, LoadReport]:

@@ -26,6 +26,7 @@ from ..errors import ASSFTError, GeometryError, JobCancelled, LabelError, Volume
 from ..pseudo import accepted_pseudo_labels, select_round_pseudo
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
+from ..workspace.paths import check_job_dir
 from .data import PatchSampler, TrainCase, label_problems, load_labeled_case, pseudo_case, raise_label_problems
 from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, restore_state,
                    run_steps)
@@ -84,6 +85,7 @@ def finetune_round(workspace, settings: Settings | None = None, progress: Progre
         raise WorkspaceError("resuming needs the job folder of the cancelled round", path=ws.folder,
                              hint="pass --job-dir")
     job_dir = Path(job_dir) if job_dir else ws.paths.new_job_dir("train")
+    check_job_dir(job_dir, resume, workspace=ws.folder)
     state_path, saved = open_state(job_dir, resume)
     device = runtime.prepare(settings)
 
@@ -114,6 +116,7 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
     if current is None and foundation is None:
         raise WorkspaceError("the workspace has no model to fine-tune", path=ws.folder,
                              hint="register a foundation model (assft init --model FILE) or run assft pretrain")
+    current, foundation = (None if m is None else ws.verified(m) for m in (current, foundation))
     loaded_current = None if current is None else load_model(current.path, device=device)
     teacher = loaded_current if (loaded_current is not None and loaded_current.spec.has_task_head
                                  and loaded_current.spec.task == "segmentation") else None
@@ -229,13 +232,46 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
                "start": plan["source"], "finetune_mode": settings.finetune_mode, "device": device}
     if plan["selection"] is not None:
         metrics["tau_d"] = plan["selection"]["tau_d"]
+    check_finite_weights(network, job_dir)
+    refusal = collapsed_quality(metrics.get("heldout_dice"), ws.current_model())
+    if refusal:
+        metrics["not_made_current"] = refusal
+        warnings.warn(f"the new model is kept but NOT made current: {refusal}", TrainingWarning)
     out = job_dir / "model.pt"
     save_checkpoint(out, network.cpu(), spec, extra={"round_id": round_id, "metrics": json.dumps(metrics),
                                                      "trained_on": plan["train"] + sorted(plan["promoted"])})
-    version = ws.register_model(out, kind="finetuned", round_id=round_id, metrics=metrics)
+    version = ws.register_model(out, kind="finetuned", round_id=round_id, metrics=metrics,
+                                make_current=not refusal)
     ws.finish_round(round_id, "finished", metrics=metrics, model_id=version.id)
-    out.unlink(missing_ok=True)  # register_model keeps its own copy under models/
-    return {"model_id": version.id, "model_path": str(version.path), "round_id": round_id, "metrics": metrics}
+    if Path(version.path).resolve() != out.resolve():
+        out.unlink(missing_ok=True)  # register_model keeps its own copy under models/; ours alone goes
+    return {"model_id": version.id, "model_path": str(version.path), "round_id": round_id, "metrics": metrics,
+            "made_current": not refusal}
+
+
+def check_finite_weights(network: nn.Module, job_dir: Path) -> None:
+    """Refuse a diverged network (NaN/Inf weights or statistics): it is never registered, so never current."""
+    bad = [name for name, t in list(network.named_parameters()) + list(network.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ASSFTError(f"training diverged: {len(bad)} weight tensors hold NaN or infinite values "
+                         f"(first {bad[0]}); the new model was not registered and the previous one stays current",
+                         path=job_dir, hint="lower learning_rate and train again")
+
+
+#: A round whose held-out Dice falls below this share of its parent's is not made current.
+COLLAPSE_RATIO = 0.5
+
+
+def collapsed_quality(dice: Optional[float], parent) -> Optional[str]:
+    """Why a new model must not become current (its held-out Dice collapsed against its parent's), or None."""
+    before = None if parent is None else (parent.metrics or {}).get("heldout_dice")
+    if dice is None or not isinstance(before, (int, float)) or before < 0.2:
+        return None
+    if not np.isfinite(dice) or dice < COLLAPSE_RATIO * before:
+        return (f"its held-out Dice {dice:.3f} collapsed below {COLLAPSE_RATIO:g} x the current model's "
+                f"{before:.3f}; make it current with `assft use-model` if that is expected")
+    return None
 
 
 def _optimizer(network: nn.Module, encoder_names: Set[str], settings: Settings,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, JobCancelled, WorkspaceError
-from ..workspace.paths import job_state_path
+from ..workspace.paths import check_job_dir, job_state_path
 
 Progress = Optional[Callable[[int, int, dict], None]]
 ShouldStop = Optional[Callable[[], bool]]
@@ -94,7 +94,10 @@ def cancel(job: StepJob, step: int, total: int) -> JobCancelled:
 
 
 def open_state(job_dir: Path, resume: bool) -> Tuple[Path, Optional[dict]]:
-    """Create the job folder; returns its state file and, when resuming, the state saved there."""
+    """Create the job folder; returns its state file and, when resuming, the state saved there.
+
+    A new job refuses a folder holding another job's outputs (:func:`~ASSFTLib.workspace.paths.check_job_dir`)."""
+    check_job_dir(job_dir, resume)
     job_dir.mkdir(parents=True, exist_ok=True)
     state_path = job_state_path(job_dir)
     return state_path, (load_state(state_path) if resume else None)

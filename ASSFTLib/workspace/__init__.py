@@ -20,6 +20,9 @@ every file lives and ``records`` what callers get back.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,10 +31,10 @@ from ..settings import Settings
 from .cases import CasesMixin
 from .locking import LockingMixin
 from .models import ModelsMixin
-from .paths import WorkspacePaths
+from .paths import DB_NAME, WorkspacePaths
 from .records import Case, ModelVersion, Round, now
 from .rounds import RoundsMixin
-from .schema import META_SCHEMA_VERSION, apply_migrations, connect, migrate
+from .schema import META_SCHEMA_VERSION, apply_migrations, connect, migrate, quick_check
 from .scores import ScoresMixin
 
 __all__ = ["Case", "ModelVersion", "Round", "Workspace", "WorkspacePaths"]
@@ -49,6 +52,7 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
                                  hint="create one with `assft init WORKSPACE --dataset FOLDER`")
         self._conn = connect(db)
         try:
+            quick_check(self._conn, db)
             version = self._meta("schema_version")
             if version is None or int(version) > META_SCHEMA_VERSION:
                 raise WorkspaceError(f"workspace schema version {version} is not supported by this ASSFT "
@@ -62,26 +66,34 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
 
     @classmethod
     def create(cls, folder: str | Path, dataset: str | Path | None = None, settings: Settings | None = None,
-               import_labels: bool = True, classes: Sequence[str] | None = None) -> "Workspace":
-        """Create a workspace in ``folder`` (new or empty) from a dataset folder.
+               import_labels: bool = True, classes: Sequence[str] | None = None,
+               foundation: str | Path | None = None) -> "Workspace":
+        """Create a workspace in ``folder`` (new or empty) from a dataset folder, all or nothing.
 
         ``dataset`` is an MSD-layout folder (``dataset.json``, ``imagesTr/``,
         optional ``labelsTr/``) or a plain folder of NIfTI/NRRD volumes.  Images
         are referenced in place, not copied.  With ``import_labels`` the
         dataset's labels become the cases' labels (``labeled_by = "dataset"``);
-        either way they are remembered as reference labels.
+        either way they are remembered as reference labels.  ``foundation``, a
+        checkpoint or MONAI bundle folder, is registered as the foundation model.
         A bad dataset entry (missing file, duplicate case id, path leaving the
         folder, unreadable ``dataset.json``) does not stop it: the entry gets
         no case, and the problem is kept in the workspace's meta as
         :attr:`import_problems` (``assft init`` prints them); the other cases
         are created as usual.  Volumes are not opened here: an unreadable
         image shows up when the case is scored or labeled.
+
+        The workspace is built in a hidden folder beside ``folder`` and renamed
+        into place at the end: an error, Ctrl-C or a second ``init`` into the
+        same folder leaves either a complete workspace or nothing.
         """
         folder = Path(folder).resolve()
         paths = WorkspacePaths(folder)
         if paths.db.exists():
             raise WorkspaceError("a workspace already exists here", path=folder,
                                  hint="open it, or choose another folder")
+        if folder.exists() and not folder.is_dir():
+            raise WorkspaceError("is a file, not a folder", path=folder, hint="choose a new or empty folder")
         if folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
             raise WorkspaceError("folder is not empty", path=folder, hint="choose a new or empty folder for the workspace")
         from ..dataset import load_dataset, task_classes  # here: reading volumes needs nibabel and SimpleITK
@@ -89,6 +101,24 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         if dataset is not None:
             cases, problems = load_dataset(dataset)
         classes = task_classes(dataset, classes)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".assft-init-", dir=folder.parent))
+        except OSError as exc:
+            raise WorkspaceError(f"cannot create the workspace here ({exc.strerror or exc})", path=folder,
+                                 hint="check that the folder is writable and its path not too long") from exc
+        try:
+            cls._build(stage, dataset, settings, import_labels, classes, cases, problems, foundation)
+            cls._move_into_place(stage, folder)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return cls(folder)
+
+    @classmethod
+    def _build(cls, stage: Path, dataset, settings, import_labels: bool, classes, cases, problems,
+               foundation) -> None:
+        paths = WorkspacePaths(stage)
         paths.make_folders()
         db = paths.db
         conn = connect(db)
@@ -114,7 +144,39 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         finally:
             conn.close()
         (settings or Settings()).save(paths.settings)
-        return cls(folder)
+        if foundation is not None:
+            with cls(stage) as ws:
+                ws.register_model(foundation, kind="foundation")
+
+    @staticmethod
+    def _move_into_place(stage: Path, folder: Path) -> None:
+        """Rename the finished ``stage`` to ``folder`` (absent or empty: one atomic rename).  A folder holding
+        only hidden files gets the parts moved in under an exclusive lock, the database last."""
+        try:
+            os.rename(stage, folder)
+            return
+        except OSError as exc:
+            if not folder.is_dir() or (folder / DB_NAME).exists() or any(
+                    not p.name.startswith(".") for p in folder.iterdir()):
+                raise WorkspaceError("another `assft init` created a workspace here meanwhile", path=folder,
+                                     hint="open that workspace, or choose another folder") from exc
+        lock = folder / ".assft-init.lock"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError as exc:
+            raise WorkspaceError("another `assft init` is creating a workspace here", path=folder,
+                                 hint="wait for it, or choose another folder") from exc
+        os.close(fd)
+        try:
+            if (folder / DB_NAME).exists():
+                raise WorkspaceError("another `assft init` created a workspace here meanwhile", path=folder,
+                                     hint="open that workspace, or choose another folder")
+            parts = sorted(stage.iterdir(), key=lambda p: p.name == DB_NAME)  # the database last
+            for part in parts:
+                os.rename(part, folder / part.name)
+            stage.rmdir()
+        finally:
+            lock.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, folder: str | Path) -> "Workspace":
@@ -161,17 +223,22 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         result = self._conn.execute("PRAGMA integrity_check").fetchone()[0]
         if result != "ok":
             problems.append(f"database: {result}")
+        roots = [self.folder] + ([Path(os.path.realpath(self.dataset))] if self.dataset else [])
         for case in self.cases():
             if case.label_path is not None and not case.label_path.exists():
                 problems.append(f"{case.case_id}: label file missing: {case.label_path}")
+            for what, p in (("image", case.image_path), ("label", case.label_path)):
+                real = None if p is None else Path(os.path.realpath(p))
+                if real is not None and not any(real == r or r in real.parents for r in roots):
+                    problems.append(f"{case.case_id}: {what} outside the workspace and its dataset: {p}")
         for m in self.models():
             if not m.path.exists():
                 problems.append(f"model {m.id}: file missing: {m.path}")
-        cur = self.current_model()
-        if cur is not None and cur.path.exists():
-            from ..models import file_checksum
-            if file_checksum(cur.path) != cur.checksum:
-                problems.append(f"current model {cur.id}: checksum mismatch: {cur.path}")
+        for m in self.models():
+            if m.path.exists():
+                problem = self.model_problem(m)
+                if problem is not None:
+                    problems.append(problem)
         return problems
 
     def summary(self) -> dict[str, Any]:
@@ -179,7 +246,12 @@ class Workspace(CasesMixin, ModelsMixin, ScoresMixin, RoundsMixin, LockingMixin)
         for row in self._conn.execute("SELECT status, COUNT(*) AS n FROM cases GROUP BY status"):
             counts[row["status"]] = row["n"]
         cur = self.current_model()
-        return {"folder": str(self.folder), "dataset": str(self.dataset or ""), "classes": self.classes,
+        found = self.foundation_model()
+        checked = [m for m in (cur, found) if m is not None and (m is cur or cur is None or m.id != cur.id)]
+        problems = [p for p in map(self.model_problem, checked) if p]
+        failures = {} if cur is None else self.score_failures(cur.checksum, self.settings.scoring_hash())
+        return {"model_problems": problems, "score_failures": failures,
+                "folder": str(self.folder), "dataset": str(self.dataset or ""), "classes": self.classes,
                 "cases": sum(counts.values()), **counts, "import_problems": len(self.import_problems),
                 "rounds": len(self.rounds("train")), "current_model": None if cur is None else
                 {"id": cur.id, "path": str(cur.path), "checksum": cur.checksum[:12], "kind": cur.kind,

@@ -1,6 +1,8 @@
 """Cases and their labels: listing cases, saving a label on the image's grid, its history."""
 from __future__ import annotations
 
+import hashlib
+import itertools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -17,9 +19,8 @@ from .schema import DatabaseMixin
 class CasesMixin(DatabaseMixin):
     """Cases (one per image of the dataset) and the labels saved on them."""
 
-    @staticmethod
-    def _case(row: sqlite3.Row) -> Case:
-        p = lambda v: Path(v) if v else None  # noqa: E731
+    def _case(self, row: sqlite3.Row) -> Case:
+        p = lambda v: self.resolve_path(v) if v else None  # noqa: E731
         return Case(row["case_id"], Path(row["image_path"]), p(row["reference_label"]), p(row["label_path"]),
                     row["status"], row["labeled_by"], row["labeled_at"], row["profile"])
 
@@ -70,10 +71,18 @@ class CasesMixin(DatabaseMixin):
         target = self.paths.label(case_id)
         stamp = now()
         if target.exists():
-            keep = self.paths.label_history / f"{case_id}.{stamp.replace(':', '').replace('+', 'Z')}{LABEL_SUFFIX}"
+            name = case_id if len(case_id.encode()) <= 150 else \
+                f"{case_id.encode()[:100].decode(errors='ignore')}-{hashlib.sha1(case_id.encode()).hexdigest()[:10]}"
+            base = f"{name}.{stamp.replace(':', '').replace('+', 'Z')}"  # within a file name's 255 bytes
+            keep = self.paths.label_history / f"{base}{LABEL_SUFFIX}"
             try:
-                with atomic_path(keep) as tmp:
-                    shutil.copyfile(target, tmp)
+                for n in itertools.count(1):  # saves within one millisecond: .2, .3, ... never one over another
+                    try:
+                        with atomic_path(keep, overwrite=False) as tmp:
+                            shutil.copyfile(target, tmp)
+                        break
+                    except FileExistsError:
+                        keep = self.paths.label_history / f"{base}.{n + 1}{LABEL_SUFFIX}"
             except OSError as exc:
                 raise LabelError(f"cannot keep the previous label in the history ({exc.strerror or exc}); "
                                  "the current label is unchanged", path=keep,
@@ -82,14 +91,14 @@ class CasesMixin(DatabaseMixin):
         who = user or current_user()
         with self._write() as c:
             c.execute("UPDATE cases SET label_path = ?, status = 'labeled', labeled_by = ?, labeled_at = ? "
-                      "WHERE case_id = ?", (str(target), who, stamp, case_id))
+                      "WHERE case_id = ?", (self.store_path(target), who, stamp, case_id))
             c.execute("INSERT INTO label_history(case_id, path, saved_by, saved_at, source) VALUES (?,?,?,?,?)",
-                      (case_id, str(target), who, stamp, source))
+                      (case_id, self.store_path(target), who, stamp, source))
         return target
 
     def label_history(self, case_id: str) -> list[dict]:
         rows = self._conn.execute("SELECT * FROM label_history WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
-        return [dict(r) for r in rows]
+        return [{**dict(r), "path": str(self.resolve_path(r["path"]))} for r in rows]
 
     def read_label(self, case_id: str) -> np.ndarray | None:
         from ..volumes import read_volume

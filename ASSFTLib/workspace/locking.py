@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import WorkspaceBusy
+from ..fileutil import is_temporary
 from .records import now
 from .schema import DatabaseMixin
 
@@ -52,15 +53,35 @@ class LockingMixin(DatabaseMixin):
         """
         removed = []
         cutoff = time.time() - older_than_s
+        keep = self.referenced_files()
         for folder in self.paths.written_folders:
-            for tmp in folder.glob(".*.tmp*"):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.iterdir():
+                # recognised by the name atomic_path gives its temporaries, never by a pattern a case id can
+                # match; a file the database points to is never a temporary, whatever its name
+                if not is_temporary(tmp.name) or tmp.resolve() in keep:
+                    continue
                 try:
-                    if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    if tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_mtime < cutoff:
                         tmp.unlink()
                         removed.append(tmp)
                 except FileNotFoundError:
                     pass
         return removed
+
+    def referenced_files(self) -> set:
+        """Every file the database points to: labels, their history, models."""
+        refs = set()
+        for case in self.cases():
+            for p in (case.label_path, case.reference_label):
+                if p is not None:
+                    refs.add(Path(p).resolve())
+        for row in self._conn.execute("SELECT path FROM label_history").fetchall():
+            refs.add(self.resolve_path(row["path"]))
+        for m in self.models():
+            refs.add(Path(m.path).resolve())
+        return refs
 
 
 def _try_lock(fh) -> bool:

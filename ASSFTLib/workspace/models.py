@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -15,9 +16,8 @@ from .schema import DatabaseMixin
 class ModelsMixin(DatabaseMixin):
     """Model versions: registered checkpoints, the current one and the foundation model."""
 
-    @staticmethod
-    def _model(row: sqlite3.Row) -> ModelVersion:
-        return ModelVersion(row["id"], Path(row["path"]), row["checksum"], row["kind"], row["round_id"],
+    def _model(self, row: sqlite3.Row) -> ModelVersion:
+        return ModelVersion(row["id"], self.resolve_path(row["path"]), row["checksum"], row["kind"], row["round_id"],
                             row["parent_id"], row["created_at"], json.loads(row["metrics"]))
 
     def register_model(self, path: str | Path, kind: str = "finetuned", round_id: int | None = None,
@@ -49,7 +49,7 @@ class ModelsMixin(DatabaseMixin):
         with self._write() as c:
             cur = c.execute("INSERT INTO models(path, checksum, kind, round_id, parent_id, created_at, metrics) "
                             "VALUES (?,?,?,?,?,?,?)",
-                            (str(src), checksum, kind, round_id, parent.id if parent else None, now(),
+                            (self.store_path(src), checksum, kind, round_id, parent.id if parent else None, now(),
                              json.dumps(metrics or {})))
             model_id = cur.lastrowid
             if make_current:
@@ -74,3 +74,38 @@ class ModelsMixin(DatabaseMixin):
     def foundation_model(self) -> ModelVersion | None:
         value = self._meta("foundation_model_id")
         return self.model(int(value)) if value else None
+
+    def model_problem(self, version: ModelVersion) -> str | None:
+        """Why ``version``'s file cannot be trusted (missing, or its bytes changed since it was registered)."""
+        from ..errors import CheckpointError
+        from ..models import file_checksum
+        models = self.paths.models.resolve()
+        if models not in Path(os.path.realpath(version.path)).parents:  # a colleague's database may name any file
+            return f"model #{version.id}: the database points outside the workspace's models/ folder: {version.path}"
+        if not version.path.exists():
+            return f"model #{version.id}: file missing: {version.path}"
+        try:
+            actual = file_checksum(version.path)
+        except CheckpointError as exc:
+            return f"model #{version.id}: {exc}"
+        if actual != version.checksum:
+            return (f"model #{version.id}: the file changed since it was registered (checksum {actual[:12]}, "
+                    f"recorded {version.checksum[:12]}): {version.path}")
+        return None
+
+    def verified(self, version: ModelVersion) -> ModelVersion:
+        """``version`` when its file is intact; else :class:`WorkspaceError` (never use a swapped model, nor
+        the score cache of the file it replaced)."""
+        problem = self.model_problem(version)
+        if problem is not None:
+            raise WorkspaceError(problem, path=version.path,
+                                 hint="restore the file, or make another model current with "
+                                      "`assft use-model WORKSPACE ID` (`assft status` lists them)")
+        return version
+
+    def use_model(self, model_id: int) -> ModelVersion:
+        """Make an earlier (or any registered, intact) model version current again."""
+        version = self.verified(self.model(int(model_id)))
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_model_id', ?)", (str(version.id),))
+        return version

@@ -16,6 +16,7 @@ before any process opens the workspace.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -86,6 +87,39 @@ class WorkspacePaths:
     def make_folders(self) -> None:
         for sub in SUBFOLDERS:
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
+
+
+#: Files a job writes in its job folder and removes when it ends; a new job refuses a folder already holding one.
+JOB_OUTPUTS = (JOB_STATE_FILE, "model.pt", "pretrained.pt")
+
+
+def check_job_dir(job_dir: str | Path, resume: bool = False, workspace: str | Path | None = None) -> Path:
+    """Refuse a job folder where a job could delete or overwrite what it did not create.
+
+    A job folder must not be the workspace itself nor one of its data folders (``labels/``, ``models/``,
+    ``pseudo/``, ``cache/``): a finished round removes its ``model.pt``, which there would be the current
+    model.  A new (not resumed) job refuses a folder that already holds a file named like its outputs
+    (:data:`JOB_OUTPUTS`): they belong to someone else.  Raises :class:`~ASSFTLib.errors.WorkspaceError`.
+    """
+    from ..errors import WorkspaceError
+    job_dir = Path(job_dir)
+    real = Path(os.path.realpath(job_dir))
+    if workspace is not None:
+        ws = WorkspacePaths(Path(os.path.realpath(workspace)))
+        for protected in (ws.folder, ws.labels, ws.models, ws.pseudo, ws.cache, ws.jobs):
+            inside = real == protected or (protected != ws.folder and protected != ws.jobs and protected in real.parents)
+            if inside:
+                raise WorkspaceError(f"cannot be a job folder: it is the workspace's {protected.name or 'folder'}"
+                                     f"{'' if protected == ws.folder else ' folder'}, whose files a job must never "
+                                     "remove", path=job_dir,
+                                     hint="leave --job-dir out (a new folder under jobs/), or choose an empty folder")
+    if not resume:
+        taken = [name for name in JOB_OUTPUTS if (real / name).exists()]
+        if taken:
+            raise WorkspaceError(f"already holds {', '.join(taken)}, which a new job would overwrite and remove",
+                                 path=job_dir, hint="choose a new or empty folder, or pass --resume to continue "
+                                                    "the job saved there")
+    return job_dir
 
 
 def job_state_path(job_dir: str | Path) -> Path:

@@ -7,6 +7,7 @@ for each other instead of failing.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,9 +99,49 @@ def _add_round_pid(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE rounds ADD COLUMN pid INTEGER")
 
 
+#: Sub-folders of a workspace whose files the database points to.
+_INTERNAL = ("labels", "models", "pseudo", "cache")
+
+
+def relative_to_workspace(value: str, folder: Path) -> str:
+    """``value`` as stored from now on: relative (POSIX) when it names a file of the workspace ``folder``,
+    else unchanged.  A path of the workspace's old location (it was moved or copied) is recognised by
+    its last ``labels/``/``models/``/... part when that file exists here."""
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        pass
+    parts = path.parts
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] in _INTERNAL:
+            rel = Path(*parts[i:])
+            if (folder / rel).exists():
+                return rel.as_posix()
+            break
+    return value
+
+
+def _relative_paths(conn: sqlite3.Connection) -> None:
+    """Step 3: paths of the workspace's own files (labels, history, models) relative to the workspace, so a
+    workspace moved or copied to another folder keeps working.  Dataset files keep their absolute paths."""
+    row = next((r for r in conn.execute("PRAGMA database_list") if r["name"] == "main"), None)
+    if row is None or not row["file"]:
+        return
+    folder = Path(row["file"]).resolve().parent
+    for table, key, column in (("cases", "case_id", "label_path"), ("label_history", "id", "path"),
+                               ("models", "id", "path")):
+        for r in conn.execute(f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall():
+            new = relative_to_workspace(r[column], folder)
+            if new != r[column]:
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (new, r[key]))
+
+
 #: Numbered migrations: step ``n`` (1-based) brings a database at ``user_version`` n-1 to n.
 #: Append new steps; never edit or reorder old ones.
-MIGRATIONS: Tuple[Callable[[sqlite3.Connection], None], ...] = (_create_tables, _add_round_pid)
+MIGRATIONS: Tuple[Callable[[sqlite3.Connection], None], ...] = (_create_tables, _add_round_pid, _relative_paths)
 #: The ``PRAGMA user_version`` this code writes and knows how to read.
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -160,9 +201,41 @@ def connect(db: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as exc:
-        raise WorkspaceError(f"workspace database cannot be opened: {exc}", path=db,
-                             hint="restore assft.db from a backup; labels in labels/ are untouched") from exc
+        raise database_error(exc, db, "opened") from exc
     return conn
+
+
+def database_error(exc: sqlite3.DatabaseError, db: Path, doing: str = "read") -> WorkspaceError:
+    """A clear error for SQLite's failure on ``db``.  Only a database SQLite itself calls damaged gets the
+    advice to restore a backup: that advice, given for a read-only folder or a busy file, could make a
+    user replace a good database."""
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low \
+            or (db.exists() and not os.access(db, os.W_OK)) or not os.access(db.parent, os.W_OK):
+        return WorkspaceError(f"workspace database cannot be {doing}: {text}; the workspace folder or assft.db is "
+                              "read-only or not accessible (the database itself is not damaged)", path=db,
+                              hint="ask for write permission, or copy the whole workspace folder to one you can "
+                                   "write and open the copy")
+    if "locked" in low or "busy" in low:
+        return WorkspaceError(f"workspace database cannot be {doing}: {text}", path=db,
+                              hint="another program holds it; close it and repeat (the database is fine)")
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return WorkspaceError(f"workspace database is damaged: {text}", path=db,
+                              hint="copy assft.db aside, then restore it from a backup; labels/ and models/ are "
+                                   "untouched")
+    return WorkspaceError(f"workspace database cannot be {doing}: {text}", path=db,
+                          hint="check the disk and the folder's permissions, then repeat")
+
+
+def quick_check(conn: sqlite3.Connection, db: Path) -> None:
+    """SQLite's ``PRAGMA quick_check`` (every page readable, constraints aside); a damaged page is a clear error."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise database_error(exc, db) from exc
+    if rows != ["ok"]:
+        raise database_error(sqlite3.DatabaseError(f"database disk image is malformed ({'; '.join(rows[:3])})"), db)
 
 
 class DatabaseMixin:
@@ -184,8 +257,7 @@ class DatabaseMixin:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
-                                 hint="another program may hold it, or the disk is full") from exc
+            raise database_error(exc, db, "written") from exc
         try:
             yield self._conn
         except BaseException as exc:
@@ -203,10 +275,22 @@ class DatabaseMixin:
                 raise WorkspaceError(f"workspace database cannot be written: {exc}", path=db,
                                      hint="free disk space, then repeat; nothing was changed") from exc
 
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path as stored in the database: relative ones are inside the workspace folder."""
+        path = Path(value)
+        return path if path.is_absolute() else self.folder / path
+
+    def store_path(self, path: str | Path) -> str:
+        """How a path is stored: relative (POSIX) inside the workspace, absolute outside (dataset files)."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.folder).as_posix()
+        except ValueError:
+            return str(path)
+
     def _meta(self, key: str) -> str | None:
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise WorkspaceError(f"workspace database is damaged: {exc}", path=self.paths.db,
-                                 hint="restore assft.db from a backup; labels in labels/ are untouched") from exc
+            raise database_error(exc, self.paths.db) from exc
         return None if row is None else row["value"]

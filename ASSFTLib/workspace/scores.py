@@ -22,3 +22,8 @@ class ScoresMixin(DatabaseMixin):
         rows = self._conn.execute("SELECT case_id, record FROM scores WHERE model_checksum = ? AND settings_hash = ?",
                                   (model_checksum, settings_hash)).fetchall()
         return {r["case_id"]: json.loads(r["record"]) for r in rows}
+
+    def score_failures(self, model_checksum: str, settings_hash: str) -> dict[str, str]:
+        """Cases the last scoring with this model and settings could not score, and why (retried next run)."""
+        return {cid: rec["error"] for cid, rec in self.get_scores(model_checksum, settings_hash).items()
+                if "error" in rec}

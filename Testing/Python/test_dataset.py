@@ -128,7 +128,8 @@ def test_dataset_classes_real_folder_and_both_label_styles(hippo_dir, tmp_path):
     assert dataset_classes(tmp_path / "absent") is None
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "dataset.json").write_text("[1, 2")
-    assert dataset_classes(tmp_path / "broken") is None
+    with pytest.raises(DatasetError, match="--classes"):  # guessing 2 classes would train the wrong task
+        dataset_classes(tmp_path / "broken")
     (tmp_path / "gap").mkdir()
     (tmp_path / "gap" / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "2": "x"}}))
     with pytest.raises(DatasetError, match="without gaps"):

@@ -211,8 +211,8 @@ def test_round_of_a_killed_process_is_marked_failed_and_old_temporaries_go(synth
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=60)
     mine = ws.start_round("score")  # this process is alive: its round must stay running
-    stale = ws.folder / "labels" / ".case.nii.gz.abc.tmp.nii.gz"
-    fresh = ws.folder / "labels" / ".other.nii.gz.def.tmp.nii.gz"
+    stale = ws.folder / "labels" / ".assft-tmp-abc123xy.tmp.nii.gz"  # as fileutil.atomic_path names them
+    fresh = ws.folder / "labels" / ".assft-tmp-def456zw.tmp.nii.gz"
     stale.write_bytes(b"half a label")
     fresh.write_bytes(b"a save in progress")
     old = time.time() - 7200

@@ -13,7 +13,8 @@ from . import __version__
 from .errors import ASSFTError
 
 #: Subcommands in the order ``assft --help`` lists them (the loop's order).
-COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "train", "pseudo", "report", "benchmark")
+COMMANDS = ("init", "status", "demo", "pretrain", "score", "rank", "import_labels", "train", "pseudo", "report",
+            "benchmark")
 
 
 def _command_modules():

@@ -12,8 +12,16 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("pseudo", help="list SSFT pseudo-label candidates; --write saves the admitted ones for review")
-    p.add_argument("workspace")
+    p = sub.add_parser(
+        "pseudo", help="list SSFT pseudo-label candidates; --write saves the admitted ones for review",
+        description="List every unlabeled volume SSFT considers as pseudo-labeled training data, with its "
+                    "confidence c (mean max-probability in the predicted anatomy), its distance d to the nearest "
+                    "labeled volume (cosine distance of embeddings) and the decision: admitted when c >= tau_c and "
+                    "d <= tau_d, at most rho x the number of labels, highest c(1-d) first. `assft train` uses the "
+                    "admitted ones by itself; --write also saves them under WORKSPACE/pseudo/ for review (accepted "
+                    "ones then train as labels, rejected ones are never pseudo-labeled). Needs a fine-tuned model "
+                    "and `assft score` first.")
+    p.add_argument("workspace", help="the workspace folder (made by `assft init`)")
     p.add_argument("--write", action="store_true", help="write admitted pseudo-labels to WORKSPACE/pseudo/")
     p.add_argument("--json", action="store_true", help="print the selection as JSON")
     p.add_argument("--device", help="cpu, cuda or cuda:N for --write (default: the workspace settings)")

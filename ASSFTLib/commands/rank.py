@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
                        description="Rank the unlabeled pool with a query strategy from the cached scores of the "
                                    "current model (run `assft score` first). The picked batch comes first, in pick "
                                    "order, then the rest; each row shows K, ASD, diversity and q.")
-    p.add_argument("workspace")
+    p.add_argument("workspace", help="the workspace folder (made by `assft init`)")
     p.add_argument("--strategy", choices=strategies.names(),
                    help=f"query strategy (default: the workspace setting). {strategies.help_text()}")
     p.add_argument("--budget", type=int, help="volumes to pick (default: the workspace setting)")

@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"assft {args.command}"
-    if threading_is_main():
-        signal.signal(signal.SIGTERM, _terminated)  # stop like Ctrl-C: with a message, not a silent exit 143
-    try:
-        return int(args.func(args) or 0)
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading_is_main() else None
+    try:  # SIGTERM stops like Ctrl-C: with a message and a resume hint, not a silent exit 143
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is handled below, not at exit
+        return rc
     except ASSFTError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def threading_is_main() -> bool:

@@ -115,3 +115,52 @@ def test_a_closed_pipe_ends_quietly(scored_ws):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_init_takes_a_plain_state_dict_or_a_swin_ssl_checkpoint_with_a_spec(tmp_path):
+    """Each way of bringing a model that the README names, through the real command."""
+    import json
+
+    import torch
+
+    from ASSFTLib import synthetic
+    from ASSFTLib.models import build_network, default_spec, load_model
+    from ASSFTLib.workspace import Workspace
+
+    data = synthetic.make_dataset(tmp_path / "data", 2, ("clean",), shape=SHAPE)
+    classes = ["background", "head", "body"]  # the synthetic dataset's classes
+    # a plain state dict of a UNet: refused without a spec, with a hint that names the option
+    torch.manual_seed(0)
+    unet_spec = default_spec(classes)
+    net = build_network(unet_spec)
+    torch.save(net.state_dict(), tmp_path / "my_unet.pt")
+    r = _assft("init", tmp_path / "ws0", "--dataset", data, "--model", tmp_path / "my_unet.pt")
+    assert r.returncode == 1 and "--model-spec" in r.stderr and not (tmp_path / "ws0").exists()
+    kwargs = {k: v for k, v in unet_spec.to_dict()["kwargs"].items() if k != "out_channels"}
+    (tmp_path / "unet.json").write_text(json.dumps({"network": "UNet", "kwargs": kwargs}))
+    r = _assft("init", tmp_path / "ws1", "--dataset", data, "--model", tmp_path / "my_unet.pt",
+               "--model-spec", tmp_path / "unet.json")
+    assert r.returncode == 0, r.stderr
+    assert "foundation model #1" in r.stdout and "UNet" in r.stdout and "with a segmentation head" in r.stdout
+    with Workspace.open(tmp_path / "ws1") as ws:
+        stored = load_model(ws.current_model().path)  # an ASSFT checkpoint now: no spec needed
+    assert stored.spec.has_task_head and stored.spec.classes == classes
+    assert all(torch.equal(stored.network.state_dict()[k], v) for k, v in net.state_dict().items())
+
+    # MONAI's Swin UNETR self-supervised layout (encoder only): a new head, the spec's patch size for the workspace
+    swin_kwargs = {"in_channels": 1, "feature_size": 12, "depths": [1, 1, 1, 1]}
+    swin = build_network(default_spec(classes).__class__("SwinUNETR", {**swin_kwargs, "out_channels": 3}, classes,
+                                                         patch_size=(64, 32, 32)))
+    encoder = {f"module.{k}": v for k, v in swin.state_dict().items() if k.startswith("swinViT.")}
+    torch.save({"state_dict": encoder, "epoch": 100}, tmp_path / "model_swinvit.pt")
+    (tmp_path / "swin.json").write_text(json.dumps({"network": "SwinUNETR", "kwargs": swin_kwargs,
+                                                    "patch_size": [64, 32, 32]}))
+    r = _assft("init", tmp_path / "ws2", "--dataset", data, "--model", tmp_path / "model_swinvit.pt",
+               "--model-spec", tmp_path / "swin.json", "--classes", ",".join(classes))
+    assert r.returncode == 0, r.stderr
+    assert "SwinUNETR" in r.stdout and "a new segmentation head" in r.stdout
+    with Workspace.open(tmp_path / "ws2") as ws:
+        stored = load_model(ws.current_model().path)
+        assert tuple(ws.settings.patch_size) == (64, 32, 32)
+    assert stored.spec.network == "SwinUNETR" and not stored.spec.has_task_head
+    assert all(torch.equal(stored.network.state_dict()[k[len("module."):]], v) for k, v in encoder.items())

@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("workspace", help="new or empty folder for the workspace")
     p.add_argument("--dataset", required=True, help="dataset folder (MSD layout or a folder of volumes)")
     p.add_argument("--model", help="foundation model to register: an ASSFT checkpoint (.pt), a plain PyTorch "
-                                   "state dict of the default network, a Swin UNETR self-supervised checkpoint, or "
-                                   "a MONAI bundle folder (configs/*.json + models/model.pt). Without it, run "
+                                   "state dict or a Swin UNETR self-supervised checkpoint (both with --model-spec), "
+                                   "or a MONAI bundle folder (configs/*.json + models/model.pt). Without it, run "
                                    "`assft pretrain WORKSPACE` next to make one from your volumes")
     p.add_argument("--model-spec", metavar="SPEC.json",
                    help="for a plain state dict or a Swin UNETR self-supervised checkpoint, which carry no "
@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
                         "\"kwargs\": {\"in_channels\": 1, \"feature_size\": 48}, \"patch_size\": [96, 96, 96]}. "
                         "classes and out_channels default to the task's. The model is then stored as an ASSFT "
                         "checkpoint")
-    p.add_argument("--classes", help="comma-separated class names incl. background (default: from dataset.json)")
+    p.add_argument("--classes",
+                   help="comma-separated class names, background first, e.g. background,liver,tumour (default: "
+                        "from dataset.json; background,foreground for a plain folder of volumes)")
     p.add_argument("--no-labels", dest="import_labels", action="store_false",
                    help="do not use the dataset's labels as labels (they are still kept as reference labels)")
     p.set_defaults(func=run)

@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
                                            "--help`)") from exc
             raise
         notes = check_task_compatible(loaded, task)
-    # a described network brings its own patch size (a Swin UNETR needs multiples of 32)
-    settings = Settings(patch_size=tuple(loaded.spec.patch_size)) if args.model_spec else None
+    # a described network or a bundle brings its own patch size (a Swin UNETR needs multiples of 32)
+    own_patch = args.model and (args.model_spec or Path(args.model).is_dir())
+    settings = Settings(patch_size=tuple(loaded.spec.patch_size)) if own_patch else None
     ws = Workspace.create(args.workspace, dataset=args.dataset, import_labels=args.import_labels, classes=classes,
                           settings=settings)
     if args.model and args.model_spec:  # stored as an ASSFT checkpoint, which describes its own network
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
               + f"; stored as {version.path}, checksum {version.checksum[:12]})")
         for note in notes:
             print(f"  note: {note}")
+        if own_patch:
+            print(f"  training patch size {tuple(loaded.spec.patch_size)}, the model's (patch_size in "
+                  f"{ws.settings_path})")
         print(f"next: `assft score {args.workspace}`")
     else:
         print(f"no model yet: next, `assft pretrain {args.workspace}` makes a foundation model from these volumes")

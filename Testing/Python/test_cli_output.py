@@ -164,3 +164,32 @@ def test_init_takes_a_plain_state_dict_or_a_swin_ssl_checkpoint_with_a_spec(tmp_
         assert tuple(ws.settings.patch_size) == (64, 32, 32)
     assert stored.spec.network == "SwinUNETR" and not stored.spec.has_task_head
     assert all(torch.equal(stored.network.state_dict()[k[len("module."):]], v) for k, v in encoder.items())
+
+
+def test_a_cancelled_job_says_the_command_that_continues_it():
+    import io
+
+    from ASSFTLib.commands.train import ProgressBars
+    out = io.StringIO()
+    bars = ProgressBars(out=out, name="assft train", resume="assft train ws --resume --job-dir ws/jobs/train-1")
+    bars("cancelled", message="stopped at step 40 of 250", resumable=True, job_dir="ws/jobs/train-1")
+    bars("error", message="ws: no labeled volumes to fine-tune on")
+    text = out.getvalue()
+    assert "assft train: cancelled: stopped at step 40 of 250" in text
+    assert "continue with: assft train ws --resume --job-dir ws/jobs/train-1" in text
+    assert "assft train: error: ws: no labeled volumes" in text
+
+
+def test_a_round_says_what_it_held_out_and_what_the_quality_number_means(capsys):
+    from ASSFTLib.commands.train import summarise
+    summarise({"model_id": 3, "model_path": "ws/models/model_003.pt",
+               "metrics": {"train_labels": 8, "pseudo_labels": 2, "steps": 400, "heldout": ["c1", "c2"],
+                           "heldout_dice": 0.8123, "final_loss": 0.2}}, kfold_min_labels=5)
+    out = capsys.readouterr().out
+    assert "trained on     8 labeled volumes + 2 pseudo-labeled, 400 steps" in out
+    assert "held out       2 labeled volumes (c1, c2): not trained on this round" in out
+    assert "held-out Dice 0.8123" in out
+    summarise({"model_id": 2, "metrics": {"train_labels": 2, "pseudo_labels": 0, "heldout": [],
+                                          "heldout_dice": None}}, kfold_min_labels=5)
+    out = capsys.readouterr().out
+    assert "not measured: with fewer than 5 labels, every label trains" in out and "held-out Dice" not in out

@@ -45,7 +45,7 @@ class ProgressBars:
             self.close()
             text = f"{self.name}: {event}: {fields.get('message', '')}"
             if event == "cancelled" and fields.get("resumable") and self.resume:
-                text += f"\n{self.name}: the state is saved; continue with: {self.resume}"
+                text += f"\n{self.name}: to continue: {self.resume}"
             elif event == "cancelled":
                 text += f"\n{self.name}: nothing to resume (it stopped before the first save); start it again"
             print(text, file=self.out)

@@ -176,7 +176,7 @@ def test_a_cancelled_job_says_the_command_that_continues_it():
     bars("error", message="ws: no labeled volumes to fine-tune on")
     text = out.getvalue()
     assert "assft train: cancelled: stopped at step 40 of 250" in text
-    assert "continue with: assft train ws --resume --job-dir ws/jobs/train-1" in text
+    assert "to continue: assft train ws --resume --job-dir ws/jobs/train-1" in text
     assert "assft train: error: ws: no labeled volumes" in text
 
 

@@ -87,7 +87,8 @@ def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed
     return _link_cases(pool_cases, pool, classes), _link_cases(test_cases, test, classes)
 
 
-def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int) -> np.ndarray:
+def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int,
+             progress: Callable[[int, int, dict], None] | None = None) -> np.ndarray:
     """Per-class Dice (mean over the test cases) of a checkpoint; shape (C - 1,)."""
     from .inference import predict_probs
     from .dataset import load_dataset
@@ -97,39 +98,76 @@ def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classe
     model = load_model(model_path, device=settings.resolved_device())
     cases, _ = load_dataset(test_folder)
     scores = []
-    for c in cases:
+    for i, c in enumerate(cases):
+        if progress is not None:
+            progress(i, len(cases), {"case": c.case_id})
         probs = predict_probs(model, read_volume(c.image), settings)
         scores.append(dice_per_class(np.argmax(probs, axis=0), read_volume(c.label, kind="label").array, num_classes))
+    if progress is not None:
+        progress(len(cases), len(cases), {})
     return np.mean(scores, axis=0)
+
+
+def _clear_previous_demo(ws_dir: Path, pool: Path, log: Callable[[str], None]) -> None:
+    """Remove the workspace an earlier demo left in ``ws_dir`` (so the README's command reruns); refuse any other."""
+    from .errors import ASSFTError
+    from .workspace import Workspace
+    if not ws_dir.exists():
+        return
+    try:
+        with Workspace.open(ws_dir) as old:
+            is_demo = old.dataset is not None and old.dataset.resolve() == pool.resolve()
+    except ASSFTError:
+        is_demo = False
+    if not is_demo:
+        raise DatasetError("this folder holds something that is not a workspace of an earlier demo", path=ws_dir,
+                           hint="pass another --out folder, or move this one away")
+    log(f"replacing the earlier demo's workspace {ws_dir} (its data and foundation model are reused)")
+    import shutil
+    shutil.rmtree(ws_dir)
 
 
 def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3, budget: int = 2,
              n_pool: int = 16, n_test: int = 6, pretrain_steps: int = 300, steps: int = 0, seed: int = 0,
              device: str = "auto", progress: ProgressFactory | None = None,
              log: Callable[[str], None] = print) -> list[DemoRound]:
-    """Run the loop and return one :class:`DemoRound` per round.  ``out`` is created (or reused for data)."""
+    """Run the loop and return one :class:`DemoRound` per round.
+
+    ``out`` is created, or reused: its data and foundation model are kept (an
+    interrupted pretraining continues), and the workspace of an earlier demo
+    there is replaced, so the same command runs again.  Warnings from the
+    library are said through ``log`` as notes.
+    """
+    with warnings.catch_warnings():  # said as notes, not as Python's file:line warnings
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *a, **k: log(f"  note: {message}")  # type: ignore[assignment]
+        return _run_demo(Path(out).resolve(), dataset, rounds, budget, n_pool, n_test, pretrain_steps, steps, seed,
+                         device, progress or (lambda name: None), log)
+
+
+def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test: int, pretrain_steps: int,
+              steps: int, seed: int, device: str, prog: ProgressFactory,
+              log: Callable[[str], None]) -> list[DemoRound]:
     from .scoring import rank_cases, score_cases
     from .training import pretrain, finetune_round
     from .workspace import Workspace
-    from .volumes import read_volume
+    from .volumes import find_volume_files, read_volume
 
-    out = Path(out).resolve()
     ws_dir = out / "workspace"
-    if ws_dir.exists():
-        raise DatasetError("a demo workspace already exists here", path=ws_dir,
-                           hint="pass another --out folder, or delete this one")
-    prog = progress or (lambda name: None)
     settings = Settings(budget=budget, steps=steps, seed=seed, device=device)
-
-    log(f"data: {'synthetic volumes, four acquisition profiles' if dataset is None else dataset}")
+    log(f"data: {'synthetic volumes, four acquisition profiles' if dataset is None else dataset} in {out / 'data'}")
     pool, test = prepare_data(out, Path(dataset) if dataset else None, n_pool, n_test, seed)
+    _clear_previous_demo(ws_dir, pool, log)
 
     foundation = out / "foundation.pt"
-    if not foundation.exists():
-        log(f"pretraining a foundation model on the {n_pool} unlabeled pool volumes (masked reconstruction)")
-        from .volumes import find_volume_files
+    if foundation.exists():
+        log(f"foundation model: reusing {foundation} (delete it to pretrain again)")
+    else:
+        state = foundation.with_name(foundation.name + ".job") / "state.pt"
+        log(f"foundation model: pretraining on the {n_pool} unlabeled pool volumes (masked reconstruction, "
+            f"{pretrain_steps} steps)" + ("; continuing the interrupted run" if state.exists() else ""))
         pretrain(find_volume_files(pool / "imagesTr"), foundation, settings.replace(pretrain_steps=pretrain_steps),
-                 progress=prog("pretrain"))
+                 progress=prog("pretrain"), resume=state.exists())
     ws = Workspace.create(ws_dir, dataset=pool, settings=settings, import_labels=False)
     ws.register_model(foundation, kind="foundation")
     num_classes = len(ws.classes)
@@ -138,6 +176,7 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
     results: list[DemoRound] = []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
+        log(f"round {r}: scoring the {len(ws.unlabeled_ids())} unlabeled volumes with the current model")
         score_cases(ws, settings, progress=prog(f"round {r}: score"))
         table = rank_cases(ws, settings)
         picked = table.picked
@@ -150,17 +189,15 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
             case = ws.case(cid)
             ws.save_label(cid, read_volume(case.reference_label, kind="label").array, user="simulated-annotator",
                           source="simulated")
-        log(f"round {r}: labeled {', '.join(picked)} (ranked by {table.strategy})")
-        with warnings.catch_warnings(record=True) as caught:  # said as notes, not Python's file:line warnings
-            warnings.simplefilter("always")
-            result = finetune_round(ws, settings, progress=prog(f"round {r}: fine-tune"))
-        for w in caught:
-            log(f"  note: {w.message}")
+        log(f"round {r}: labeled {', '.join(picked)} (ranked by {table.strategy}); fine-tuning on "
+            f"{len(ws.labeled_ids())} labels")
+        result = finetune_round(ws, settings, progress=prog(f"round {r}: fine-tune"))
         metrics = result["metrics"]
-        per_class = evaluate(Path(result["model_path"]), test, settings, num_classes)
+        per_class = evaluate(Path(result["model_path"]), test, settings, num_classes, progress=prog(f"round {r}: test"))
         results.append(DemoRound(r, len(ws.labeled_ids()), picked, int(metrics.get("pseudo_labels") or 0),
                                  metrics.get("heldout_dice"), float(per_class.mean()), per_class.tolist(),
                                  time.perf_counter() - t0))
+        log(f"round {r}: done in {results[-1].seconds:.0f} s, test Dice {results[-1].test_dice:.3f}")
     return results
 
 

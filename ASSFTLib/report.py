@@ -52,9 +52,23 @@ class ReportEntry:
 
 @dataclass
 class ReportSection:
+    """A heading, a sentence, pictured entries, and optionally a plain table (one dict per row, no pictures)."""
+
     heading: str
     description: str
     entries: list[ReportEntry]
+    table: list[Mapping[str, Any]] = field(default_factory=list)
+
+
+#: What each number on the page means (shown under the legend).
+TERMS = (("K", "knowledge divergence: how far the volume is from what the foundation model learned; higher = newer"),
+         ("ASD", "anatomical segmentation difficulty: the model's uncertainty inside the predicted anatomy"),
+         ("Div", "distance of the volume's embedding to the nearest labeled or already-picked volume (1 for the "
+                 "first pick when nothing is labeled)"),
+         ("q", "the query score: K and ASD (rank-normalised, mixed) times Div; compare within this page only"),
+         ("confidence c", "mean max-probability inside the predicted anatomy (1 = certain)"),
+         ("distance d", "distance of the volume's embedding to the nearest labeled volume"),
+         ("tau_c, tau_d", "a pseudo-label is admitted when c >= tau_c and d <= tau_d, at most 'pseudo cap' of them"))
 
 
 # ----------------------------------------------------------------------------
@@ -170,12 +184,39 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-botto
 table.numbers { border-collapse: collapse; font-size: 0.9em; }
 table.numbers td { padding: 1px 8px; border-bottom: 1px solid #eee; }
 .note { color: #a33; font-size: 0.9em; } .muted { color: #777; }
+.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; margin: 0 0.3em 0 1em;
+          border: 1px solid #999; }
+table.rows { border-collapse: collapse; font-size: 0.9em; } table.rows td, table.rows th { padding: 2px 8px;
+          border-bottom: 1px solid #eee; text-align: left; }
 """
 
 
+def _legend_html(classes: Sequence[str]) -> str:
+    """Overlay colour per class (class 1 gets the first colour, ...) and what the numbers mean."""
+    def rgb(k: int) -> str:
+        return ", ".join(str(round(255 * c)) for c in OVERLAY_COLORS[(k - 1) % len(OVERLAY_COLORS)])
+    swatches = "".join(f'<span class="swatch" style="background: rgb({rgb(k)})"></span>{html.escape(str(name))}'
+                       for k, name in enumerate(classes) if k > 0)
+    terms = "".join(f"<tr><td><b>{html.escape(t)}</b></td><td>{html.escape(d)}</td></tr>" for t, d in TERMS)
+    return (f'<p>Overlay colours:{swatches}<span class="muted"> (background is not coloured)</span></p>'
+            f'<details><summary>What the numbers mean</summary><table class="numbers">{terms}</table></details>')
+
+
+def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in r.values()) + "</tr>"
+                   for r in rows)
+    return f'<table class="rows"><tr>{head}</tr>{body}</table>'
+
+
 def render_html(sections: Sequence[ReportSection], title: str = "ASSFT report",
-                intro: Mapping[str, Any] | None = None) -> str:
-    """The whole page as one HTML string, every image embedded as a base64 PNG."""
+                intro: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None) -> str:
+    """The whole page as one HTML string, every image embedded as a base64 PNG.
+
+    ``classes`` (background first) gives the colour legend of the overlays.
+    """
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
@@ -183,10 +224,13 @@ def render_html(sections: Sequence[ReportSection], title: str = "ASSFT report",
         parts.append('<table class="numbers">' + "".join(
             f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_format(v))}</td></tr>" for k, v in intro.items())
             + "</table>")
+    if classes:
+        parts.append(_legend_html(classes))
     for section in sections:
         parts.append(f"<h2>{html.escape(section.heading)}</h2>")
         parts.append(f'<p class="muted">{html.escape(section.description)}</p>')
-        if not section.entries:
+        parts.append(_table_html(section.table))
+        if not section.entries and not section.table:
             parts.append('<p class="muted">None.</p>')
         for entry in section.entries:
             png = slice_panel_png(entry.image, entry.overlay, entry.spacing, title=entry.case_id)
@@ -204,10 +248,10 @@ def render_html(sections: Sequence[ReportSection], title: str = "ASSFT report",
 
 
 def write_html(out_html: str | Path, sections: Sequence[ReportSection], title: str = "ASSFT report",
-               intro: Mapping[str, Any] | None = None) -> Path:
+               intro: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None) -> Path:
     """Render ``sections`` and write the page atomically; returns the path written."""
     out_html = Path(out_html)
-    atomic_write_text(out_html, render_html(sections, title=title, intro=intro))
+    atomic_write_text(out_html, render_html(sections, title=title, intro=intro, classes=classes))
     return out_html
 
 
@@ -284,10 +328,19 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
         pseudo_entries.append(ReportEntry(case_id, volume.array, overlay, _spacing(volume.affine), numbers))
         drawn(i, case_id)
 
+    if ranked:
+        ranked_text = (f"The first {len(ranked)} unlabeled volumes of the worklist ({table.strategy}), in the order "
+                       "to label them, with the current model's prediction.")
+    elif any(r.status == "pool" for r in table.rows):
+        ranked_text = "Not shown (top = 0)."
+    elif summary["unlabeled"] == 0:
+        ranked_text = "Nothing to rank: every volume is labeled."
+    else:
+        ranked_text = ("Nothing to rank yet: no unlabeled volume has a score for the current model "
+                       f"(run `assft score {ws.folder}`).")
+    refused = [d for d in (selection.decisions if selection is not None else []) if not d.selected]
     sections = [
-        ReportSection("Ranked for labeling",
-                      f"The first {len(ranked)} unlabeled volumes of the worklist ({table.strategy}), with the "
-                      "current model's prediction." + (" " + " ".join(table.notes) if table.notes else ""),
+        ReportSection("Ranked for labeling", ranked_text + (" " + " ".join(table.notes) if table.notes else ""),
                       ranked_entries),
         ReportSection("Pseudo-label candidates",
                       "Unlabeled volumes SSFT would add as pseudo-labeled training data (confidence >= tau_c, "
@@ -295,7 +348,14 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
                       "None yet: the model needs a task head, cached scores and at least one labeled volume.",
                       pseudo_entries),
     ]
-    return write_html(out_html, sections, title="ASSFT report", intro=intro)
+    if refused:
+        sections.append(ReportSection(
+            "Refused pseudo-label candidates",
+            f"The other {len(refused)} unlabeled volumes, and why SSFT leaves them out this round (they train only "
+            "once labeled).", [],
+            [{"case": d.case_id, "confidence c": d.confidence, "distance d": d.distance, "why not": d.reason}
+             for d in refused]))
+    return write_html(out_html, sections, title="ASSFT report", intro=intro, classes=ws.classes)
 
 
 def _probabilities(model, volume, settings) -> np.ndarray:

@@ -14,18 +14,21 @@ def add_parser(sub) -> None:
                     "foundation model on the unlabeled pool, then run rounds of score -> rank (ATSQ) -> label the "
                     "top volumes (a simulated annotator reveals their reference labels) -> fine-tune with SSFT, "
                     "and print the test Dice of every round.")
-    p.add_argument("--out", default="assft-demo", help="folder for the data, model and workspace (default: %(default)s)")
-    p.add_argument("--dataset", help="a labeled MSD-layout folder to use instead of synthetic volumes")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--budget", type=int, default=2, help="volumes labeled per round")
-    p.add_argument("--pool", type=int, default=16, help="unlabeled pool size")
-    p.add_argument("--test", type=int, default=6, help="held-out test cases")
+    p.add_argument("--out", default="assft-demo",
+                   help="folder for the data, the foundation model and the workspace; running again reuses the "
+                        "data and the model and replaces the earlier demo's workspace (default: %(default)s)")
+    p.add_argument("--dataset", help="a labeled MSD-layout folder to use instead of synthetic volumes (its cases are "
+                                     "split into a pool and a test set; nothing is copied)")
+    p.add_argument("--rounds", type=int, default=3, help="adaptation rounds (default: %(default)s)")
+    p.add_argument("--budget", type=int, default=2, help="volumes labeled per round (default: %(default)s)")
+    p.add_argument("--pool", type=int, default=16, help="unlabeled pool size (default: %(default)s)")
+    p.add_argument("--test", type=int, default=6, help="held-out test cases (default: %(default)s)")
     p.add_argument("--pretrain-steps", type=int, default=300, help="foundation pretraining steps (default: %(default)s)")
     p.add_argument("--steps", type=int, default=0,
                    help="fine-tuning steps per round (default 0: automatic, growing with the labeled set)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--json", help="also write the per-round results to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the training (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the per-round results to this JSON file")
     p.set_defaults(func=run)
 
 
@@ -60,8 +63,15 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, progress=_bars)
     classes = dataset_classes(Path(args.out) / "data" / "pool")
     print()
-    print("Dice on held-out test cases after each round (quality = Dice on labels held out of that round):")
+    print("Dice on held-out test cases after each round. labels: volumes labeled so far; pseudo: pseudo-labeled "
+          "volumes SSFT added; quality: the round's own Dice on labels held out of its training ('-' below 5 "
+          "labels, when none are held out); test Dice: on test cases the loop never saw (1 = perfect).")
     print(format_table(rounds, classes))
+    ws = Path(args.out) / "workspace"
+    print(f"\nnext: `assft status {ws}` and `assft report {ws}` show the workspace the loop built; the README's "
+          "'Using it on your own data' runs the same loop on your volumes")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in rounds], indent=2))
+        from ..fileutil import atomic_write_text
+        atomic_write_text(args.json, json.dumps([r.__dict__ for r in rounds], indent=2))
+        print(f"wrote {args.json}")
     return 0

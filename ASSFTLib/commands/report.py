@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
                                    "orthogonal slices through the foreground centre with the prediction or "
                                    "pseudo-label overlaid, next to the numbers behind the decision. Cases the "
                                    "current model has not scored yet are scored first (cached, as `assft score`).")
-    p.add_argument("workspace")
+    p.add_argument("workspace", help="the workspace folder (made by `assft init`)")
     p.add_argument("--out", help="HTML file to write (default: WORKSPACE/report.html)")
     p.add_argument("--top", type=int, default=8, help="ranked volumes to show (default: 8)")
     p.add_argument("--no-score", dest="score", action="store_false",

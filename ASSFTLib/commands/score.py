@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
                                    "that has no cached score for this model and these settings: knowledge "
                                    "divergence, ASD, confidence, embeddings. Cached per case, so an interrupted run "
                                    "continues where it stopped.")
-    p.add_argument("workspace")
+    p.add_argument("workspace", help="the workspace folder (made by `assft init`)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="score only these cases")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the workspace setting)")
     p.add_argument("--json-events", action="store_true",

@@ -6,20 +6,27 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("status", help="show cases, labels, rounds and the current model")
-    p.add_argument("workspace")
+    p = sub.add_parser("status", help="show cases, labels, rounds and the current model",
+                       description="Show a workspace: its dataset and classes, how many cases are labeled, the "
+                                   "current model (with the quality numbers of its round), the last rounds, and "
+                                   "label files in WORKSPACE/labels/ that are not registered (bring those in with "
+                                   "`assft import-labels`).")
+    p.add_argument("workspace", help="the workspace folder (made by `assft init`)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--cases", action="store_true", help="list every case")
+    p.add_argument("--cases", action="store_true", help="list every case with its status and who labeled it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..labelimport import unregistered_label_files
     from ..workspace import Workspace
     with Workspace.open(args.workspace) as ws:
         ws.reap_interrupted_rounds()  # show a killed worker's round as failed, not running forever
         s = ws.summary()
         rounds = ws.rounds()
+        stray = unregistered_label_files(ws)
         if args.json:
+            s["unregistered_label_files"] = [str(p) for p in stray]
             s["rounds"] = [r.__dict__ for r in rounds]
             s["case_list"] = [{"case_id": c.case_id, "status": c.status, "labeled_by": c.labeled_by}
                               for c in ws.cases()] if args.cases else None
@@ -43,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"failed     {len(failures)} cases could not be scored with this model:")
             for case_id, message in failures.items():
                 print(f"  {case_id}: {message}")
+        if stray:
+            names = ", ".join(p.name for p in stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+            print(f"note       {len(stray)} file(s) in {ws.paths.labels} are not registered labels and are not used: "
+                  f"{names}. Bring them in (checked) with `assft import-labels {args.workspace} {ws.paths.labels}`")
         print(f"rounds     {len(rounds)}")
         for r in rounds[-10:]:
             print(f"  #{r.id:<3} {r.kind:<9} {r.status:<9} {r.started_at}")

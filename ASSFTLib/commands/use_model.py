@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
                        description="Make a registered model version current again, for example after a round "
                                    "whose model is worse. The file is checked against its recorded checksum first. "
                                    "Without ID, list the model versions.")
-    p.add_argument("workspace")
+    p.add_argument("workspace", help="the workspace folder (made by `assft init`)")
     p.add_argument("model_id", nargs="?", type=int, metavar="ID", help="model version (`assft status` shows it)")
     p.set_defaults(func=run)
 

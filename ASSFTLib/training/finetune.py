@@ -28,8 +28,8 @@ from ..runtime import autocast, grad_scaler
 from ..settings import Settings
 from ..workspace.paths import check_job_dir
 from .data import PatchSampler, TrainCase, label_problems, load_labeled_case, pseudo_case, raise_label_problems
-from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, restore_state,
-                   run_steps)
+from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, remove_if_empty,
+                   restore_state, run_steps)
 from .losses import MaskedDiceCELoss
 
 
@@ -84,9 +84,19 @@ def finetune_round(workspace, settings: Settings | None = None, progress: Progre
     if resume and job_dir is None:
         raise WorkspaceError("resuming needs the job folder of the cancelled round", path=ws.folder,
                              hint="pass --job-dir")
+    made_job_dir = job_dir is None
     job_dir = Path(job_dir) if job_dir else ws.paths.new_job_dir("train")
     check_job_dir(job_dir, resume, workspace=ws.folder)
     state_path, saved = open_state(job_dir, resume)
+    try:
+        return _finetune(ws, settings, progress, should_stop, resume, job_dir, state_path, saved)
+    finally:
+        if made_job_dir:  # a folder this call made and left empty is no use to anyone
+            remove_if_empty(job_dir)
+
+
+def _finetune(ws, settings: Settings, progress: Progress, should_stop: ShouldStop, resume: bool, job_dir: Path,
+              state_path: Path, saved: Optional[dict]) -> dict:
     device = runtime.prepare(settings)
 
     start = _start_model(ws, settings, device)

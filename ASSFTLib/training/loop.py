@@ -103,6 +103,14 @@ def open_state(job_dir: Path, resume: bool) -> Tuple[Path, Optional[dict]]:
     return state_path, (load_state(state_path) if resume else None)
 
 
+def remove_if_empty(job_dir: Path) -> None:
+    """Remove a job folder that holds nothing (a finished or failed job that saved no state)."""
+    try:
+        job_dir.rmdir()
+    except OSError:  # not empty (a resumable state, events) or already gone: leave it
+        pass
+
+
 def save_state(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                step: int, plan: dict) -> None:
     """Everything a cancelled job needs to continue (atomically): weights, optimizer, step, plan (JSON)."""

@@ -21,7 +21,8 @@ from ..pretext import block_mask, pretext_loss, reconstruction_spec
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
 from .data import PatchSampler, TrainCase, prepared_image
-from .loop import Progress, ShouldStop, StepJob, StepLoss, lr_schedule, open_state, restore_state, run_steps
+from .loop import (Progress, ShouldStop, StepJob, StepLoss, lr_schedule, open_state, remove_if_empty, restore_state,
+                   run_steps)
 
 
 def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: Settings,
@@ -36,10 +37,20 @@ def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: 
     job_dir: where the resumable state lives (default: ``<out_path>.job/`` beside it).
     Returns ``{"out_path", "steps", "metrics": {"final_loss", "volumes", "mask_block", "mask_ratio"}}``.
     """
-    from ..models import build_network, default_preprocessing, save_checkpoint
     out_path = Path(out_path)
+    made_job_dir = job_dir is None
     job_dir = Path(job_dir) if job_dir else out_path.with_name(out_path.name + ".job")
     state_path, saved = open_state(job_dir, resume)
+    try:
+        return _pretrain(image_paths, out_path, settings, progress, should_stop, job_dir, state_path, saved)
+    finally:
+        if made_job_dir:  # kept only while it holds a resumable state
+            remove_if_empty(job_dir)
+
+
+def _pretrain(image_paths, out_path: Path, settings: Settings, progress: Progress, should_stop: ShouldStop,
+              job_dir: Path, state_path: Path, saved) -> dict:
+    from ..models import build_network, default_preprocessing, save_checkpoint
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise ASSFTError("no volumes to pretrain on", hint="pass volume files or a folder of them")

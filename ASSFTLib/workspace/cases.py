@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import LabelError, WorkspaceError
 from ..fileutil import atomic_path
 from .paths import LABEL_SUFFIX
-from .records import Case, current_user, now
+from .records import LABEL_SOURCES, SIMULATED_SOURCES, Case, current_user, now
 from .schema import DatabaseMixin
 
 
@@ -56,9 +56,13 @@ class CasesMixin(DatabaseMixin):
         The label is checked against the image (shape, and geometry when
         ``affine`` is given) and the workspace's classes before anything is
         written; it is written atomically to ``labels/<case>.nii.gz`` and a
-        label it replaces is first kept in ``labels/.history/``.
+        label it replaces is first kept in ``labels/.history/``.  ``source`` is one of
+        :data:`~.records.LABEL_SOURCES` (or a simulated annotator's, :data:`~.records.SIMULATED_SOURCES`).
         """
         from ..volumes import Volume, check_label_values, check_same_geometry, read_volume, write_volume
+        if source not in LABEL_SOURCES + SIMULATED_SOURCES:
+            raise LabelError(f"unknown label source {source!r}", path=self.folder,
+                             hint=f"use one of {', '.join(LABEL_SOURCES + SIMULATED_SOURCES)}")
         case = self.case(case_id)
         image = read_volume(case.image_path, kind="image")
         array = np.asarray(array)

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+#: Where a saved label came from (``label_history.source``): drawn by hand in the Slicer module, a
+#: pseudo-label the radiologist corrected or accepted, or brought in from another tool (``assft import-labels``).
+LABEL_SOURCES = ("manual", "corrected_pseudo", "imported")
+#: Sources of the simulated annotators of ``assft demo`` and the benchmarks (never a person).
+SIMULATED_SOURCES = ("simulated", "benchmark")
+
 
 def now() -> str:
     """The current time as an ISO-8601 UTC string (milliseconds), as stored in the database."""

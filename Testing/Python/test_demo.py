@@ -61,7 +61,25 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
                                                          abs=1e-6)
     # the second batch was chosen after the first was labeled: no volume picked twice
     assert not set(rounds[0]["picked"]) & set(rounds[1]["picked"])
-    # a second demo into the same folder refuses instead of overwriting the workspace
-    again = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "demo", "--out", str(out)], capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    # the same command again (the README's command 1 twice in a row) reruns: data and model reused, workspace new
+    again = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "demo", "--out", str(out), "--pool", "6",
+                            "--test", "2", "--rounds", "1", "--budget", "2", "--pretrain-steps", "4", "--steps", "2"],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "replacing the earlier demo's workspace" in again.stdout and "reusing" in again.stdout
+    assert "test Dice" in again.stdout
+    assert [m.kind for m in Workspace.open(out / "workspace").models()] == ["foundation", "finetuned"]
+    # every slow step talks: pretraining is announced, and each round says what it scores and trains
+    assert "pretraining on the 6 unlabeled pool volumes" in r.stdout and "round 2: scoring" in r.stdout
+    assert not (out / "foundation.pt.job").exists() and not any((out / "workspace" / "jobs").glob("train-*"))
+
+
+def test_demo_never_replaces_a_folder_that_is_not_its_own_workspace(tmp_path):
+    from ASSFTLib.demo import _clear_previous_demo
+    from ASSFTLib.errors import DatasetError
+    (tmp_path / "workspace").mkdir()
+    keep = tmp_path / "workspace" / "thesis.txt"
+    keep.write_text("mine")
+    with pytest.raises(DatasetError, match="not a workspace of an earlier demo"):
+        _clear_previous_demo(tmp_path / "workspace", tmp_path / "data" / "pool", print)
+    assert keep.read_text() == "mine"

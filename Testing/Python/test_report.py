@@ -126,6 +126,24 @@ def test_report_command_on_a_scored_workspace(tmp_path):
     pngs = _decode_pngs(page)
     assert len(shown) >= 2 and len(pngs) == page.count('class="entry"') >= 2
     assert "confidence c" in page  # at least one candidate passed the open filter
+    assert "Overlay colours:" in page and page.count('class="swatch"') == 2  # one per foreground class
+    assert "What the numbers mean" in page and "knowledge divergence" in page
+
+
+def test_report_names_refused_candidates_and_an_empty_worklist(tmp_path):
+    from ASSFTLib.report import write_report
+
+    ws = _workspace(tmp_path, with_model=True)
+    ws.save_settings(ws.settings.replace(confidence_threshold=1.0))  # nobody passes: every candidate is refused
+    page = write_report(ws, tmp_path / "r.html", top=0).read_text()
+    assert "Refused pseudo-label candidates" in page and "why not" in page
+    assert all(c in page.split("Refused pseudo-label candidates")[1] for c in ws.unlabeled_ids())
+    assert "The first 0" not in page
+    for case_id in ws.unlabeled_ids():  # label everything: the worklist is empty, and the page says why
+        ws.save_label(case_id, np.zeros(CLASSES_SHAPE, np.uint8))
+    page = write_report(ws, tmp_path / "r2.html").read_text()
+    ws.close()
+    assert "Nothing to rank: every volume is labeled." in page and "The first 0" not in page
 
 
 def test_report_without_a_model_says_so(tmp_path):

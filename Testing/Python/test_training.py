@@ -294,10 +294,24 @@ def test_pseudo_command_lists_candidates_and_writes_admitted_labels(tmp_path, ti
     out = capsys.readouterr().out
     assert all(c in out for c in unlabeled)
     written = sorted(p.name for p in (tmp_path / "ws" / "pseudo").glob("*.nii.gz"))
-    admitted = [line.split()[0] for line in out.splitlines() if line.endswith(" pass")]
+    admitted = [line.split()[0] for line in out.splitlines() if line.endswith(" admitted") and line.split()[0] in unlabeled]
     assert admitted and written == sorted(f"{c}.nii.gz" for c in admitted)
     label = read_volume(tmp_path / "ws" / "pseudo" / written[0], kind="label")
     assert label.shape == SHAPE and set(np.unique(label.array)) <= {0, 1, 2}
+    assert f"{len(written)} pseudo-labels written for review" in out
+
+
+def test_pseudo_write_with_nothing_admitted_says_so(tmp_path, tiny_dataset, foundation_file, capsys):
+    from ASSFTLib import cli
+    settings = tiny_settings(confidence_threshold=1.0)  # no tiny model is that sure of every voxel
+    with make_workspace(tmp_path / "ws", tiny_dataset, foundation_file, settings) as ws:
+        training.finetune_round(ws, settings)
+        scoring.score_cases(ws, settings)
+    capsys.readouterr()
+    assert cli.main(["pseudo", str(tmp_path / "ws"), "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing written" in out and "no candidate was admitted" in out and "refused: " in out
+    assert not list((tmp_path / "ws" / "pseudo").glob("*.nii.gz"))
 
 
 def test_restart_mode_starts_from_the_foundation_every_round(workspace):

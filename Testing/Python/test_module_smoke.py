@@ -219,6 +219,7 @@ def test_job_poller_against_a_real_worker(logic, workspace_folder):
     logic.session.close()
 
 
+@pytest.mark.torch
 def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
     """A tiny (untrained) network with a task head: ranking, Next, prefill, candidates, overlay, QA."""
     import torch
@@ -269,6 +270,7 @@ def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
     logic.session.close()
 
 
+@pytest.mark.torch
 def test_worklist_before_the_first_score_asks_for_scoring(logic, tmp_path):
     from ASSFTLib import models, synthetic
 

@@ -110,6 +110,7 @@ def _workspace(tmp_path, with_model: bool):
     return ws
 
 
+@pytest.mark.torch
 def test_report_command_on_a_scored_workspace(tmp_path):
     from ASSFTLib import cli
 
@@ -128,6 +129,7 @@ def test_report_command_on_a_scored_workspace(tmp_path):
     assert "confidence c" in page  # at least one candidate passed the open filter
 
 
+@pytest.mark.torch
 def test_report_without_a_model_says_so(tmp_path):
     from ASSFTLib.report import write_report
 

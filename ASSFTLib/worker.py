@@ -6,6 +6,7 @@ Usage::
                               [--device DEV] [--steps N] [--set KEY=JSON ...]
                               [--images PATH ...]            # pretrain only
                               [--case ID ... --purpose prefill|pseudo]  # predict only
+                              [--model PATH]                 # register only
 
 Every event is one JSON object on one line of stdout, also appended to
 ``<job-dir>/events.jsonl``::
@@ -42,7 +43,7 @@ from .errors import ASSFTError, JobCancelled, WorkspaceBusy
 from .workspace.paths import WorkspacePaths, job_state_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED, EXIT_BUSY = 0, 1, 2, 3, 4
-KINDS = ("score", "train", "pretrain", "predict")
+KINDS = ("score", "train", "pretrain", "predict", "register")
 #: The lock each kind holds: ``predict`` only reads the model and writes its own outputs, so the
 #: panel can pre-fill a label or show a pseudo-label while a fine-tuning round runs.
 LOCKS = {"predict": "predict"}
@@ -222,7 +223,23 @@ def _run_predict(ws, settings, args, progress, should_stop) -> dict:
             "outputs": {c: str(p) for c, p in outputs.items()}}
 
 
-RUNNERS = {"score": _run_score, "train": _run_train, "pretrain": _run_pretrain, "predict": _run_predict}
+def _run_register(ws, settings, args, progress, should_stop) -> dict:
+    """Load ``--model`` (refusing an unusable checkpoint) and register it as the workspace's foundation model.
+
+    A job, so that the panel never imports torch or reads a large checkpoint on its own thread.
+    """
+    from .models import load_model
+    if not args.model:
+        raise ASSFTError("register needs --model", hint="name the checkpoint file or MONAI bundle folder")
+    progress(0, 1, {"phase": "check model"})
+    load_model(args.model)
+    version = ws.register_model(args.model, kind="foundation")
+    progress(1, 1, {"phase": "check model"})
+    return {"model_id": version.id, "model_path": str(version.path)}
+
+
+RUNNERS = {"score": _run_score, "train": _run_train, "pretrain": _run_pretrain, "predict": _run_predict,
+           "register": _run_register}
 
 
 def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool]) -> int:
@@ -271,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--images", nargs="+", help="pretrain: volumes or folders (default: every workspace case)")
+    parser.add_argument("--model", help="register: the foundation checkpoint or MONAI bundle folder")
     parser.add_argument("--case", action="append", help="predict: a case to segment (repeat for several)")
     parser.add_argument("--purpose", choices=("prefill", "pseudo"), default="prefill",
                         help="predict: write to the job folder (prefill) or the workspace's pseudo/ folder (pseudo)")

@@ -533,6 +533,8 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startPredict("pseudo", caseId)
             self.ui.pseudoInfoLabel.text = _("{case}: the model is segmenting it...").format(case=caseId)
             return
+        if self._predictFor is not None and self._predictFor[0] == "pseudo":
+            self._cancelPredict()  # another candidate's pseudo-label is no longer wanted
         imageNode, _overlay, sliceIndex = self.logic.qa.showPseudoLabel(caseId)
         self._applyOverlayDisplay()
         slicer.util.setSliceViewerLayers(background=imageNode, fit=True)

@@ -299,8 +299,9 @@ def worklist_table(scene, rows: Iterable[Any], name: str = "ASSFT worklist",
             else:
                 array.InsertNextValue(float("nan") if value is None else float(value))
     node.SetUseColumnTitleAsColumnHeader(True)
+    set_title = getattr(node, "SetColumnTitle", None) or node.SetColumnLongName  # the older name before Slicer 5.9
     for column, (title, tooltip) in (titles or {}).items():
-        node.SetColumnLongName(column, title)
+        set_title(column, title)
         node.SetColumnDescription(column, tooltip)
     node.SetLocked(True)
     node.Modified()

@@ -41,7 +41,7 @@ run_pytest() {  # LABEL PYTHON ARGS...: run pytest, remember a failure (exit 5 =
 
 ASSFT_REQUIRE_TORCH=1 run_pytest "main" .venv/bin/python "$@"
 
-# The project's dependencies and test extras from pyproject.toml (the one list), less torch and
+# The project's dependencies (ASSFT/Resources/requirements.txt, the one list) and test extras, less torch and
 # what needs torch, with NumPy pinned to the series that the Slicer release ships.
 torch_free_requirements() {  # NUMPY_SPEC WITH_SLICER(0|1)
   .venv/bin/python - "$1" "$2" <<'EOF'
@@ -49,7 +49,8 @@ import re, sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 needs_torch = {"torch", "monai", "einops"}
 slicer_only = {"slicer-core", "pyside6-essentials"}
-for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+runtime = [line.split("#")[0].strip() for line in open("ASSFT/Resources/requirements.txt")]
+for req in [r for r in runtime if r] + project["optional-dependencies"]["test"]:
     name = re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower()
     if name in needs_torch or (name in slicer_only and sys.argv[2] != "1"):
         continue

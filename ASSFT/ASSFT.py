@@ -489,6 +489,8 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.jobStatusLabel.text = state["text"]
             if event.get("event") == "exit":
                 self._predictJob = self._predictFor = None
+                if self._job is None and event.get("returncode") == 0:
+                    self.ui.jobStatusLabel.text = _("{case} segmented.").format(case=caseId)
                 return
 
     def _showPrefill(self, caseId: str, path: str) -> None:

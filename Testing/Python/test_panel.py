@@ -309,7 +309,9 @@ def test_a_whole_round_in_the_panel(version, hippo_subset, foundation, tmp_path)
         assert "can be resumed" in ui.jobStatusLabel.text
         outside = jobs.Job.start("train", ws_path, python=sys.executable)  # as `assft train` would
         try:
-            h.wait(lambda: jobs.running_jobs(ws_path), what="the outside job")
+            seen: list = []
+            h.wait(lambda: seen.extend(outside.poll()) or any("loss" in e for e in seen),
+                   what="the outside job's training steps")
             h.click("openWorkspaceButton")
             assert "still running" in ui.jobStatusLabel.text and ui.trainButton.text == "Cancel"
             h.screenshot("following-a-running-job")

@@ -19,6 +19,23 @@ from .session import WorkspaceSession
 LEGEND = "Overlay: the model's pseudo-label, one colour per structure, filled and outlined on the image."
 
 
+def plainReason(reason: str) -> str:
+    """The SSFT filter's reason for refusing a candidate, in words for the person reviewing."""
+    from ASSFTLib import ssft
+    words = {ssft.REASON_REJECTED: "you rejected it", ssft.REASON_NO_LABELS: "no labeled volume to compare it with yet",
+             ssft.REASON_NOT_SCORED: "not scored with the current model yet: press Score",
+             ssft.REASON_NO_FOREGROUND: "the model found no structure in it"}
+    if reason in words:
+        return words[reason]
+    if reason.startswith("confidence"):
+        return "the model is not confident enough (" + reason.replace("tau_c", "needs") + ")"
+    if reason.startswith("distance"):
+        return "too unlike the labeled volumes (" + reason.replace("tau_d", "at most") + ")"
+    if reason.startswith("passes, but over the cap"):
+        return "passes, but this round already has as many pseudo-labels as allowed"
+    return reason
+
+
 class PseudoLabelQA:
     """The image and overlay nodes of the pseudo-label under review."""
 
@@ -50,7 +67,8 @@ class PseudoLabelQA:
         byId = {d.case_id: d for d in selection.decisions}
         rows = [{"case_id": c, "confidence": byId[c].confidence, "distance": byId[c].distance, "qa": qa.get(c, "")}
                 for c in selection.selected]
-        refused = [{"case_id": d.case_id, "confidence": d.confidence, "distance": d.distance, "reason": d.reason}
+        refused = [{"case_id": d.case_id, "confidence": d.confidence, "distance": d.distance,
+                    "reason": plainReason(d.reason)}
                    for d in selection.decisions if not d.selected]
         message = (f"{len(rows)} candidates: the model is at least {selection.tau_c:.0%} confident and the volume "
                    f"is close to the labeled ones (distance at most {selection.tau_d:.2f}); at most {selection.cap} "

@@ -312,3 +312,22 @@ def test_worklist_before_the_first_score_asks_for_scoring(logic, tmp_path):
     assert not logic.session.modelCanSegment()  # a foundation model: no pre-fill
     assert "not scored yet" in message
     logic.session.close()
+
+
+def test_reasons_are_said_in_plain_words(module):
+    """The worklist's "why" and the QA's refusals speak of the volume, not of K, ASD or tau."""
+    import types as t
+
+    worklist = sys.modules[MODULE_PACKAGE + ".worklist"]
+    rows = [t.SimpleNamespace(K=0.9, ASD=0.1, Div=0.8), t.SimpleNamespace(K=0.1, ASD=0.9, Div=0.1),
+            t.SimpleNamespace(K=0.5, ASD=0.5, Div=0.5), t.SimpleNamespace(K=None, ASD=None, Div=None)]
+    why = worklist.reasons(rows)
+    assert why[0] == "unlike what the model has seen; unlike the volumes already labeled"
+    assert why[1] == "the model is uncertain inside the anatomy"
+    assert why[2] == why[3] == "middle of the pool on every measurement"
+    qa = sys.modules[MODULE_PACKAGE + ".pseudo_qa"]
+    assert qa.plainReason("rejected in QA") == "you rejected it"
+    for raw in ("confidence 0.512 < tau_c 0.900", "distance 0.300 > tau_d 0.120"):
+        plain = qa.plainReason(raw)
+        assert "tau" not in plain and ("confident" in plain or "unlike" in plain)
+    assert "as many pseudo-labels" in qa.plainReason("passes, but over the cap rho*|L| = 2")

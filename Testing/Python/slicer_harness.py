@@ -560,7 +560,9 @@ class Harness:
         old = self.moduleParent.layout()
         while old.count():
             item = old.takeAt(0)
-            if item.widget() is not None:
+            if item.widget() is not None:  # gone from the window now, as Slicer's reload replaces the panel
+                item.widget().hide()
+                item.widget().setParent(None)
                 item.widget().deleteLater()
         self.widget = self.module.ASSFTWidget(self.moduleParent)
         self.widget.setup()

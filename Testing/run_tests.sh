@@ -39,7 +39,8 @@ run_pytest() {  # LABEL PYTHON ARGS...: run pytest, remember a failure (exit 5 =
   fi
 }
 
-ASSFT_REQUIRE_TORCH=1 run_pytest "main" .venv/bin/python "$@"
+. .venv/bin/activate  # the main run as before: the venv's `python` and `assft` first on PATH
+ASSFT_REQUIRE_TORCH=1 run_pytest "main" python "$@"
 
 # The project's dependencies (ASSFT/Resources/requirements.txt, the one list) and test extras, less torch and
 # what needs torch, with NumPy pinned to the series that the Slicer release ships.

@@ -9,9 +9,14 @@
     job.cancel()                     # SIGTERM, then kill the process tree
 
 The worker runs with any Python executable (Slicer's, or a site's GPU
-environment): ``python`` defaults to the running interpreter and the folder
-holding ``ASSFTLib`` is put on the child's ``PYTHONPATH``. No Qt here: the
-Slicer module polls from a timer and shows each event through :func:`describe_event`.
+environment): ``python`` defaults to the running interpreter.  The child starts
+from a clean environment (:func:`child_environment`: no ``PYTHONHOME``, and
+``PYTHONPATH`` exactly the folder holding ``ASSFTLib``, so that a foreign Python
+neither dies on Slicer's settings nor imports another copy of the library), and
+on Windows without a console window.  A job started by an earlier panel (module
+reloaded, workspace reopened) is found again with :func:`running_jobs` and
+followed through its ``events.jsonl``.  No Qt here: the Slicer module polls from
+a timer and shows each event through :func:`describe_event`.
 """
 from __future__ import annotations
 
@@ -27,11 +32,52 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 from .errors import ASSFTError
-from .worker import CANCEL_FILE, EXIT_CANCELLED, default_job_dir
+from .worker import CANCEL_FILE, EVENTS_FILE, EXIT_CANCELLED, default_job_dir
 
 #: Events after which the worker says nothing more.
 TERMINAL_EVENTS = ("result", "error", "cancelled")
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+#: Variables of the parent's Python that must not reach another interpreter (Slicer's launcher sets them).
+PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONUSERBASE",
+                    "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
+
+
+def child_environment(base: dict | None = None, extra: dict | None = None) -> dict:
+    """The worker's environment: ``base`` (default ``os.environ``) without the parent Python's variables,
+    ``PYTHONPATH`` exactly the folder that holds ``ASSFTLib``, unbuffered output, then ``extra``.
+
+    Inside Slicer pass ``slicer.util.startupEnvironment()`` as ``base`` (the
+    environment before Slicer's launcher changed it), as ``launchConsoleProcess`` does.
+    """
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in PYTHON_VARIABLES}
+    env["PYTHONPATH"] = str(_PACKAGE_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra or {})
+    return env
+
+
+def check_python(python: str) -> str:
+    """``python`` if it names an existing executable file; else a clear :class:`ASSFTError`."""
+    path = Path(python).expanduser()
+    hint = ("choose the python executable of an environment that has torch and MONAI installed "
+            "(for example .../envs/assft/bin/python), or leave \"Python for jobs\" empty to use Slicer's own")
+    if not path.exists():
+        raise ASSFTError("the Python for jobs does not exist", path=path, hint=hint)
+    if path.is_dir() or not os.access(path, os.X_OK):
+        raise ASSFTError("the Python for jobs is not a program that can be run", path=path, hint=hint)
+    return str(path)
+
+
+def _popen_options() -> dict:
+    """Own process group (cancel reaches every child); on Windows also no console window."""
+    if os.name == "posix":
+        return {"start_new_session": True}
+    info = subprocess.STARTUPINFO()  # as slicer.util.launchConsoleProcess: hide the console window
+    info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    info.wShowWindow = subprocess.SW_HIDE
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW,
+            "startupinfo": info}
 
 
 class Job:
@@ -51,7 +97,8 @@ class Job:
     # ------------------------------------------------------------------ start
     @classmethod
     def start(cls, kind: str, workspace: str | Path, args: Sequence[str] = (), python: str | None = None,
-              device: str | None = None, job_dir: str | Path | None = None, env: dict | None = None) -> "Job":
+              device: str | None = None, job_dir: str | Path | None = None, env: dict | None = None,
+              base_env: dict | None = None) -> "Job":
         """Start ``python -m ASSFTLib.worker KIND --workspace WORKSPACE --job-dir DIR [--device DEV] ARGS``.
 
         ``python`` is the caller's choice on its own machine (Slicer's application settings, a site's GPU
@@ -60,6 +107,7 @@ class Job:
 
         ``job_dir`` defaults to a new folder under ``WORKSPACE/jobs``; pass the
         folder of a cancelled job with ``args=["--resume"]`` to continue it.
+        The environment is :func:`child_environment` of ``base_env`` plus ``env``.
         """
         if python and not (Path(python).is_file() and os.access(python, os.X_OK)):
             raise ASSFTError("is not a Python interpreter this machine can run", path=python,
@@ -72,17 +120,9 @@ class Job:
         if device:
             cmd += ["--device", device]
         cmd += [str(a) for a in args]
-        child_env = {**os.environ, **(env or {})}
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), child_env.get("PYTHONPATH")) if p)
-        child_env["PYTHONUNBUFFERED"] = "1"
-        popen_kw: dict = {}
-        if os.name == "posix":
-            popen_kw["start_new_session"] = True  # its own process group: cancel() reaches every child
-        else:
-            popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                   env=child_env, text=True, encoding="utf-8", errors="replace", bufsize=1,
-                                   **popen_kw)
+                                   env=child_environment(base_env, env), text=True, encoding="utf-8",
+                                   errors="replace", bufsize=1, **_popen_options())
         return cls(process, kind, job_dir)
 
     # ---------------------------------------------------------------- readers
@@ -175,6 +215,128 @@ class Job:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False)
 
 
+def _read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Complete JSON lines of ``events.jsonl`` from byte ``offset``; (events, new offset)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return [], offset
+    events = []
+    end = data.rfind(b"\n") + 1  # a half-written last line waits for the next call
+    for line in data[:end].splitlines():
+        try:
+            event = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events, offset + end
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "posix":
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:  # a zombie child of this process has ended
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            return done == 0
+        except ChildProcessError:
+            return True
+    import ctypes  # Windows: OpenProcess succeeds while the process exists
+    handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    code = ctypes.c_ulong()
+    ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+    ctypes.windll.kernel32.CloseHandle(handle)
+    return code.value == 259  # STILL_ACTIVE
+
+
+class AttachedJob:
+    """A worker started by someone else (an earlier panel, the command line), followed through its events file.
+
+    Same reading interface as :class:`Job`: ``kind``, ``job_dir``, ``poll()``,
+    ``running``, ``cancel()``; ``poll()`` replays the events already written
+    the first time, so the panel shows where the job is.
+    """
+
+    def __init__(self, job_dir: Path, kind: str, pid: int):
+        self.job_dir, self.kind, self.pid = Path(job_dir), kind, pid
+        self._offset = 0
+        self._ended = False
+
+    @property
+    def running(self) -> bool:
+        return _pid_alive(self.pid)
+
+    def poll(self) -> list[dict]:
+        if self._ended:
+            return []
+        alive = self.running  # before reading: events written before it died are all read below
+        events, self._offset = _read_events(self.job_dir / EVENTS_FILE, self._offset)
+        terminal = next((e for e in events if e.get("event") in TERMINAL_EVENTS), None)
+        if terminal is not None or not alive:
+            if terminal is None:
+                events.append({"event": "error", "job": self.job_dir.name, "kind": self.kind,
+                               "message": "the job's process ended without saying why"})
+                code = 1
+            else:
+                code = {"result": 0, "cancelled": EXIT_CANCELLED}.get(terminal["event"], 1)
+            events.append({"event": "exit", "job": self.job_dir.name, "kind": self.kind, "returncode": code})
+            self._ended = True
+        return events
+
+    def cancel(self, timeout: float = 0.0) -> None:
+        """Ask it to stop (cancel file + SIGTERM to its process group); with ``timeout`` 0, kill it at once."""
+        (self.job_dir / CANCEL_FILE).touch()
+        if os.name != "posix" or not self.running:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL if timeout == 0 else signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _job_dirs(workspace: str | Path) -> list[Path]:
+    jobs = Path(workspace) / "jobs"
+    if not jobs.is_dir():
+        return []
+    return sorted((d for d in jobs.iterdir() if (d / EVENTS_FILE).is_file()), key=lambda d: d.name)
+
+
+def running_jobs(workspace: str | Path) -> list[AttachedJob]:
+    """Jobs of this workspace whose process still runs and that have not said their last word."""
+    found = []
+    for d in _job_dirs(workspace):
+        events, _ = _read_events(d / EVENTS_FILE)
+        start = next((e for e in events if e.get("event") == "start"), None)
+        if start is None or not isinstance(start.get("pid"), int):
+            continue
+        if any(e.get("event") in TERMINAL_EVENTS for e in events):
+            continue
+        if _pid_alive(start["pid"]):
+            found.append(AttachedJob(d, str(start.get("kind", "")), start["pid"]))
+    return found
+
+
+def resumable_job(workspace: str | Path, kind: str) -> Path | None:
+    """The folder of the latest ``kind`` job, if it was cancelled with a resumable state and nothing of that
+    kind ran after it; else None."""
+    for d in reversed(_job_dirs(workspace)):
+        events, _ = _read_events(d / EVENTS_FILE)
+        if not events or events[0].get("kind") != kind:
+            continue
+        last = events[-1]
+        return d if last.get("event") == "cancelled" and last.get("resumable") else None
+    return None
+
+
 def describe_event(event: dict) -> Dict[str, Any]:
     """What a panel shows for one worker event: ``fraction`` (0..1 or None), ``text`` and ``quality``.
 
@@ -205,7 +367,7 @@ def describe_event(event: dict) -> Dict[str, Any]:
     elif kind == "error":
         text = f"Failed: {event.get('message', 'unknown error')}"
     elif kind == "cancelled":
-        text = "Cancelled; the job can be resumed." if event.get("resumable") else \
+        text = "Cancelled; it can be resumed: press the button again." if event.get("resumable") else \
             f"Stopped: {event.get('message', '')}"
     elif kind == "start":
         text = f"{event.get('kind', 'job')} started."

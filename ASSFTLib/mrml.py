@@ -28,7 +28,7 @@ from .errors import ASSFTError, GeometryError, LabelError
 
 #: Columns of the worklist table, in display order (rows from ``scoring.rank_cases``).
 WORKLIST_COLUMNS = ("rank", "case_id", "status", "K", "ASD", "Div", "q", "picked")
-_TEXT_COLUMNS = {"case_id", "status"}
+_TEXT_COLUMNS = {"case_id", "status", "batch", "why"}
 
 #: Segment colours (RGB 0..1) for classes 1, 2, ...; cycles when there are more classes.
 CLASS_COLORS = ((0.90, 0.35, 0.20), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0.95, 0.85, 0.25),
@@ -273,12 +273,13 @@ def _row_value(row: Any, column: str) -> Any:
 
 
 def worklist_table(scene, rows: Iterable[Any], name: str = "ASSFT worklist",
-                   columns: Sequence[str] = WORKLIST_COLUMNS, node=None):
+                   columns: Sequence[str] = WORKLIST_COLUMNS, node=None, titles: dict | None = None):
     """Fill a ``vtkMRMLTableNode`` with ranked cases, one row per case.
 
     ``rows``: mappings or objects with the attributes in ``columns`` (rows of
     ``scoring.rank_cases``).  Numbers are stored as doubles (NaN when missing),
     ``case_id``/``status`` as text.  ``node`` is cleared and refilled.
+    ``titles``: column -> (header, tooltip), shown by Slicer's table view.
     """
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
@@ -298,6 +299,10 @@ def worklist_table(scene, rows: Iterable[Any], name: str = "ASSFT worklist",
             else:
                 array.InsertNextValue(float("nan") if value is None else float(value))
     node.SetUseColumnTitleAsColumnHeader(True)
+    set_title = getattr(node, "SetColumnTitle", None) or node.SetColumnLongName  # the older name before Slicer 5.9
+    for column, (title, tooltip) in (titles or {}).items():
+        set_title(column, title)
+        node.SetColumnDescription(column, tooltip)
     node.SetLocked(True)
     node.Modified()
     return node

@@ -2,9 +2,11 @@
 
 Usage::
 
-    python -m ASSFTLib.worker {score,train,pretrain} --workspace W [--job-dir D] [--resume]
+    python -m ASSFTLib.worker {score,train,pretrain,predict} --workspace W [--job-dir D] [--resume]
                               [--device DEV] [--steps N] [--set KEY=JSON ...]
                               [--images PATH ...]            # pretrain only
+                              [--case ID ... --purpose prefill|pseudo]  # predict only
+                              [--model PATH]                 # register only
 
 Every event is one JSON object on one line of stdout, also appended to
 ``<job-dir>/events.jsonl``::
@@ -41,7 +43,10 @@ from .errors import ASSFTError, JobCancelled, WorkspaceBusy, WorkspaceError
 from .workspace.paths import WorkspacePaths, check_job_dir, job_state_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED, EXIT_BUSY = 0, 1, 2, 3, 4
-KINDS = ("score", "train", "pretrain")
+KINDS = ("score", "train", "pretrain", "predict", "register")
+#: The lock each kind holds: ``predict`` only reads the model and writes its own outputs, so the
+#: panel can pre-fill a label or show a pseudo-label while a fine-tuning round runs.
+LOCKS = {"predict": "predict"}
 CANCEL_FILE = "cancel"
 EVENTS_FILE = "events.jsonl"
 #: Progress events are sent at most this often (seconds); the last step always is.
@@ -177,7 +182,64 @@ def _run_pretrain(ws, settings, args, progress, should_stop) -> dict:
     return {**result, "model_id": version.id, "model_path": str(version.path)}
 
 
-RUNNERS = {"score": _run_score, "train": _run_train, "pretrain": _run_pretrain}
+def _run_predict(ws, settings, args, progress, should_stop) -> dict:
+    """The current model's segmentation of ``--case`` volumes, off the panel's main thread.
+
+    ``--purpose prefill``: ``<job-dir>/<case>.nii.gz`` (a starting point for the
+    radiologist); ``--purpose pseudo``: ``<workspace>/pseudo/<case>.nii.gz`` (the
+    pseudo-label shown for review, as :func:`ASSFTLib.pseudo.write_pseudo_labels`).
+    """
+    cases = list(args.case or ())
+    if not cases:
+        raise ASSFTError("predict needs at least one --case", hint="name the volumes to segment")
+    version = ws.current_model()
+    if version is None:
+        raise ASSFTError("the workspace has no model yet", path=ws.folder, hint="register a foundation model first")
+    for case_id in cases:
+        ws.case(case_id)  # an unknown case is an error before the model loads
+    import numpy as np
+
+    from . import pseudo
+    from .inference import predict_probs
+    from .models import load_model
+    from .volumes import read_volume, write_volume
+    model = load_model(ws.verified(version).path, device=settings.resolved_device())  # never a swapped file
+    if not model.spec.has_task_head:
+        raise ASSFTError("the current model cannot segment the task yet", path=version.path,
+                         hint="run a fine-tuning round first")
+    outputs = {}
+    for i, case_id in enumerate(cases):
+        if should_stop():
+            raise JobCancelled(f"stopped before segmenting {case_id}")
+        progress(i, len(cases), {"phase": "predict", "case": case_id})
+        if args.purpose == "pseudo":
+            outputs.update(pseudo.write_pseudo_labels(ws, model, [case_id], settings))
+        else:
+            volume = read_volume(ws.image_path(case_id))
+            label = np.argmax(predict_probs(model, volume, settings), axis=0).astype(np.uint8)
+            outputs[case_id] = write_volume(Path(args.job_dir) / f"{case_id}.nii.gz", label, volume.affine)
+    progress(len(cases), len(cases), {"phase": "predict"})
+    return {"purpose": args.purpose, "model_checksum": version.checksum,
+            "outputs": {c: str(p) for c, p in outputs.items()}}
+
+
+def _run_register(ws, settings, args, progress, should_stop) -> dict:
+    """Load ``--model`` (refusing an unusable checkpoint) and register it as the workspace's foundation model.
+
+    A job, so that the panel never imports torch or reads a large checkpoint on its own thread.
+    """
+    from .models import check_task_compatible, load_model
+    if not args.model:
+        raise ASSFTError("register needs --model", hint="name the checkpoint file or MONAI bundle folder")
+    progress(0, 1, {"phase": "check model"})
+    check_task_compatible(load_model(args.model), ws.classes)  # refuse an unusable checkpoint before registering
+    version = ws.register_model(args.model, kind="foundation")
+    progress(1, 1, {"phase": "check model"})
+    return {"model_id": version.id, "model_path": str(version.path)}
+
+
+RUNNERS = {"score": _run_score, "train": _run_train, "pretrain": _run_pretrain, "predict": _run_predict,
+           "register": _run_register}
 
 
 def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool]) -> int:
@@ -187,7 +249,8 @@ def run_job(args: argparse.Namespace, emit: Emit, should_stop: Callable[[], bool
          pid=os.getpid())
     progress = progress_to_events(emit)
     try:
-        with _warnings_as_events(emit), Workspace.open(args.workspace) as ws, ws.job_lock():
+        with _warnings_as_events(emit), Workspace.open(args.workspace) as ws, \
+                ws.job_lock(LOCKS.get(args.kind, "worker")):
             settings = _settings_for(ws, args)
             from .runtime import set_threads
             set_threads(settings.num_threads)
@@ -225,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--images", nargs="+", help="pretrain: volumes or folders (default: every workspace case)")
+    parser.add_argument("--model", help="register: the foundation checkpoint or MONAI bundle folder")
+    parser.add_argument("--case", action="append", help="predict: a case to segment (repeat for several)")
+    parser.add_argument("--purpose", choices=("prefill", "pseudo"), default="prefill",
+                        help="predict: write to the job folder (prefill) or the workspace's pseudo/ folder (pseudo)")
     add_job_arguments(parser)
     return parser
 

@@ -3,11 +3,11 @@
 ::
 
     logic.dependencies   install.Dependencies      missing(), install(missing)
-    logic.session        session.WorkspaceSession  open(), create(), reopen(), close(), updateSettings()
+    logic.session        session.WorkspaceSession  open(), create(), reopen(), close(), panelSettings(), updateSettings()
     logic.worklist       worklist.Worklist         update(), caseAt(row), nextCase(after)
-    logic.labeling       labeling.Labeling         loadCase(), saveCurrentLabel(), currentCase
-    logic.jobs           runner.JobRunner          start(kind), requestCancel(job)
-    logic.qa             pseudo_qa.PseudoLabelQA   candidates(), showPseudoLabel(), setQA()
+    logic.labeling       labeling.Labeling         loadCase(), applyPrefill(), hasUnsavedChanges(), saveCurrentLabel()
+    logic.jobs           runner.JobRunner          start(kind, python, args), running(), resumable(kind), requestCancel()
+    logic.qa             pseudo_qa.PseudoLabelQA   candidates(), needsPrediction(), showPseudoLabel(), setQA()
 
 No Qt here: it works on ``slicer.mrmlScene`` (or the ``scene`` given), so that
 it also runs in tests against slicer-core.
@@ -37,7 +37,7 @@ class ASSFTLogic(ScriptedLoadableModuleLogic):
         self.worklist = Worklist(self.session, self.scene)
         self.labeling = Labeling(self.session, self.scene)
         self.jobs = JobRunner(self.session)
-        self.qa = PseudoLabelQA(self.session, self.labeling, self.scene)
+        self.qa = PseudoLabelQA(self.session, self.scene)
 
     @property
     def workspace(self):

@@ -1,5 +1,8 @@
 """The panel's state, kept in the scene's parameter node so that it survives reloading the module.
 
+The Python that runs jobs is not here (a scene, like a workspace, may come from
+someone else): the panel keeps it in Slicer's application settings.
+
 With ``parameterNodeWrapper`` (Slicer >= 5.4) the node is wrapped as a typed
 dataclass; without it (older Slicer, slicer-core) :class:`StoredParameters`
 gives the same typed attributes.
@@ -23,8 +26,8 @@ class ASSFTParameterNode:
     dataset: str = ""
     model: str = ""
     device: str = "auto"
-    python: str = ""
     budget: int = 2
+    importLabels: bool = True
     prefill: bool = True
     overlayOpacity: float = 0.5
     overlayFill: bool = True

@@ -3,6 +3,8 @@
 One :class:`WorkspaceSession` per panel; the other concerns (worklist,
 labeling, pseudo-label QA, jobs) ask it for the workspace with
 :meth:`~WorkspaceSession.require`, which says what to do when none is open.
+Nothing here imports torch: a model is checked and registered by a background
+``register`` job, and segmenting is a ``predict`` job.
 """
 from __future__ import annotations
 
@@ -10,37 +12,37 @@ from typing import Any, Callable, Optional
 
 from ASSFTLib.errors import ASSFTError
 
+#: Workspace settings that the panel shows and edits (Setup).
+PANEL_SETTINGS = ("budget", "device")
+
 
 class WorkspaceSession:
-    """Holds the open :class:`ASSFTLib.workspace.Workspace` and its current model, loaded once."""
+    """Holds the open :class:`ASSFTLib.workspace.Workspace`."""
 
     def __init__(self, onClose: Optional[Callable[[], None]] = None) -> None:
         self.workspace = None
-        self._model = None
         self._onClose = onClose
 
     def open(self, folder: str) -> str:
         """Open an existing workspace; returns its one-line summary."""
         from ASSFTLib.workspace import Workspace
         if not folder:
-            raise ASSFTError("no workspace folder given", hint="choose the workspace folder in Setup")
+            raise ASSFTError("no workspace folder is chosen", hint="choose the workspace folder in Setup")
         self.close()
         self.workspace = Workspace.open(folder)
         return self.summary()
 
-    def create(self, folder: str, dataset: str, model: Optional[str] = None) -> str:
-        """Create a workspace on an MSD dataset folder, registering ``model`` when given; its summary."""
+    def create(self, folder: str, dataset: str, importLabels: bool = True) -> str:
+        """Create a workspace on a dataset folder (its labels imported or not); its summary.
+
+        The foundation model is registered afterwards by a ``register`` job.
+        """
         from ASSFTLib.workspace import Workspace
         if not folder or not dataset:
-            raise ASSFTError("a new workspace needs a folder and a dataset folder",
-                             hint="choose both in Setup, then Create workspace")
+            raise ASSFTError("a new workspace needs a folder and a folder of images",
+                             hint="choose both in Setup, then press Create workspace")
         self.close()
-        if model:
-            from ASSFTLib.dataset import task_classes
-            from ASSFTLib.models import check_task_compatible, load_model
-            # refuse an unusable checkpoint before creating anything
-            check_task_compatible(load_model(model), task_classes(dataset))
-        self.workspace = Workspace.create(folder, dataset=dataset, foundation=model or None)  # all or nothing
+        self.workspace = Workspace.create(folder, dataset=dataset, import_labels=importLabels)
         return self.summary()
 
     def reopen(self) -> None:
@@ -50,13 +52,11 @@ class WorkspaceSession:
             self.workspace.close()
             from ASSFTLib.workspace import Workspace
             self.workspace = Workspace.open(folder)
-            self._model = None
 
     def close(self) -> None:
         if self.workspace is not None:
             self.workspace.close()
         self.workspace = None
-        self._model = None
         if self._onClose is not None:
             self._onClose()
 
@@ -69,25 +69,33 @@ class WorkspaceSession:
     def summary(self) -> str:
         s = self.require().summary()
         model = s["current_model"]
-        return (f"{s['cases']} cases: {s['labeled']} labeled, {s['unlabeled']} unlabeled. "
-                f"Model: {'none' if model is None else '#' + str(model['id']) + ' ' + model['kind']}.")
+        if model is None:
+            modelText = "no model yet (choose a foundation model and press Register model)"
+        elif model["kind"] == "foundation":
+            modelText = "the foundation model (not fine-tuned yet)"
+        else:
+            modelText = f"fine-tuned model #{model['id']}"
+        return f"{s['cases']} volumes: {s['labeled']} labeled, {s['unlabeled']} to label. Model: {modelText}."
+
+    def panelSettings(self) -> dict:
+        """The workspace's own values of the settings the panel shows (read into the panel on open)."""
+        settings = self.require().settings
+        return {name: getattr(settings, name) for name in PANEL_SETTINGS}
 
     def updateSettings(self, **changes: Any) -> None:
-        """Store panel settings (budget, device, Python for jobs) in the workspace's settings.json."""
+        """Store panel settings (budget, device) in the workspace's settings.json, when they differ."""
         ws = self.workspace
         if ws is None:
             return
+        unknown = set(changes) - set(PANEL_SETTINGS)
+        if unknown:
+            raise ValueError(f"not a panel setting: {sorted(unknown)}")
         current = ws.settings
         if any(getattr(current, k) != v for k, v in changes.items()):
             ws.save_settings(current.replace(**changes))
 
-    def currentModel(self):
-        """The workspace's current model, loaded on the workspace's device; None before one is registered."""
+    def modelCanSegment(self) -> bool:
+        """Whether the current model is a fine-tuned one (a foundation model has no task head to pre-fill with)."""
         ws = self.require()
         version = ws.current_model()
-        if version is None:
-            return None
-        if self._model is None or self._model.checksum != version.checksum:
-            from ASSFTLib.models import load_model
-            self._model = load_model(ws.verified(version).path, device=ws.settings.resolved_device())
-        return self._model
+        return version is not None and version.kind != "foundation"

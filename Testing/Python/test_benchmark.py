@@ -111,6 +111,7 @@ def _check_round(r, n_scanners, test_ids=None, scanner=None):
     assert r["dice_per_scanner"] == pytest.approx({k: float(np.mean(v)) for k, v in by_scanner.items()})
 
 
+@pytest.mark.torch
 def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
     profile = dataclasses.replace(le.PROFILES["quick"], pretrain_steps=2, cold_steps=2, round_steps=2)
     result = le.run(hippo_dir, tmp_path, profile, ("multisite",), progress=lambda _: None)
@@ -168,6 +169,7 @@ def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
     assert summary["upper_bound"]["mean"] == pytest.approx(ub["dice"])
 
 
+@pytest.mark.torch
 def test_speed_end_to_end(tmp_path):
     from ASSFTLib.benchmark import speed
     from ASSFTLib.settings import Settings
@@ -197,6 +199,7 @@ def test_speed_end_to_end(tmp_path):
     assert "vol/s" in speed.format_table(result)
 
 
+@pytest.mark.torch
 def test_peak_memory_counts_what_the_block_allocates_above_the_baseline():
     from ASSFTLib.benchmark.speed import PeakMemory
     ballast = np.ones(32 * 2 ** 20 // 8)  # resident before the block: part of the baseline, not of the peak

@@ -155,7 +155,7 @@ def test_parameters_are_typed_and_stored_in_the_scene(module, logic):
 
 def test_workspace_without_model_has_an_empty_worklist_that_says_why(logic, workspace_folder):
     summary = logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
-    assert "3 cases" in summary
+    assert "3 volumes" in summary
     node, message = logic.worklist.update()
     assert node.IsA("vtkMRMLTableNode") and node.GetNumberOfRows() == 0
     assert "model" in message.lower()
@@ -168,8 +168,8 @@ def test_label_round_trip_through_a_segmentation(logic, workspace_folder):
 
     logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
     case_id = logic.workspace.unlabeled_ids()[0]
-    image_node, seg_node, source = logic.labeling.loadCase(case_id, prefill=True)  # no model: starts empty
-    assert source == "empty"
+    image_node, seg_node, source = logic.labeling.loadCase(case_id)  # no label: starts empty
+    assert source == "empty" and not logic.labeling.hasUnsavedChanges()
     image = read_volume(logic.workspace.image_path(case_id))
     np.testing.assert_allclose(mrml.node_affine(image_node), image.affine, atol=1e-6)
 
@@ -177,13 +177,16 @@ def test_label_round_trip_through_a_segmentation(logic, workspace_folder):
     label[3:9, 4:12, 2:7] = 1
     mrml.segmentation_from_labelmap(logic.scene, label, image.affine, logic.workspace.classes,
                                     reference_node=image_node, node=seg_node)  # what painting does
+    assert logic.labeling.hasUnsavedChanges()
     path = logic.labeling.saveCurrentLabel(user="pytest")
+    assert not logic.labeling.hasUnsavedChanges()
     np.testing.assert_array_equal(read_volume(path, kind="label").array, label)
     assert case_id in logic.workspace.labeled_ids()
+    assert logic.workspace.label_history(case_id)[-1]["source"] == "manual"
 
     # loading it again starts from the saved label
     _, seg_node2, source2 = logic.labeling.loadCase(case_id)
-    assert "from" in source2
+    assert source2 == "its saved label"
     back, _ = mrml.labelmap_from_segmentation(seg_node2, image_node, len(logic.workspace.classes))
     np.testing.assert_array_equal(back, label)
     logic.session.close()
@@ -195,7 +198,7 @@ def test_saving_without_a_loaded_case_is_a_clear_error(logic, workspace_folder):
     with pytest.raises(ASSFTError, match="no workspace"):
         logic.worklist.update()
     logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
-    with pytest.raises(ASSFTError, match="no case is loaded"):
+    with pytest.raises(ASSFTError, match="no volume is loaded"):
         logic.labeling.saveCurrentLabel()
     logic.session.close()
 
@@ -203,7 +206,7 @@ def test_saving_without_a_loaded_case_is_a_clear_error(logic, workspace_folder):
 def test_job_poller_against_a_real_worker(logic, workspace_folder):
     """A score job on a workspace without a model fails; the panel polls until the process exits."""
     logic.session.create(str(workspace_folder / "ws"), str(workspace_folder / "data"))
-    job = logic.jobs.start("score")
+    job = logic.jobs.start("score", python=sys.executable)
     events, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline:
         events += job.poll()  # what the QTimer does; never blocks
@@ -219,8 +222,21 @@ def test_job_poller_against_a_real_worker(logic, workspace_folder):
     logic.session.close()
 
 
+def _run(logic, kind, args):
+    """A real worker job, polled as the panel's timer does, until it exits; its events."""
+    job = logic.jobs.start(kind, sys.executable, args)
+    events, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline and not (events and events[-1]["event"] == "exit"):
+        events += job.poll()
+        time.sleep(0.05)
+    assert events and events[-1]["returncode"] == 0, (events, job.stderr_tail)
+    return events
+
+
+@pytest.mark.torch
 def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
-    """A tiny (untrained) network with a task head: ranking, Next, prefill, candidates, overlay, QA."""
+    """A tiny (untrained) network with a task head: ranking with reasons, Next, pre-fill and pseudo-labels from
+    background predict jobs, candidates and refusals, an overlay in nodes of its own, QA."""
     import torch
 
     from ASSFTLib import models, scoring, synthetic
@@ -233,7 +249,7 @@ def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
     spec = models.default_spec(ws.classes, patch_size=(16, 16, 16))
     spec = spec.replace(kwargs={**spec.kwargs, "channels": [4, 8, 16], "strides": [2, 2]}, has_task_head=True)
     models.save_checkpoint(tmp_path / "m.pt", models.build_network(spec), spec)
-    ws.register_model(tmp_path / "m.pt", kind="foundation")
+    ws.register_model(tmp_path / "m.pt", kind="finetuned")
     ws.save_label("synth_000", synthetic.make_case((0, 0), "clean", (20, 24, 18))[1])
     # open filter so that candidates exist for an untrained network (not scoring fields: the cache stays valid)
     ws.save_settings(ws.settings.replace(tta_flips=False, device="cpu", confidence_threshold=0.0,
@@ -241,34 +257,48 @@ def test_worklist_labeling_and_pseudo_qa_with_a_scored_model(logic, tmp_path):
     scoring.score_cases(ws)
 
     logic.session.updateSettings(budget=1)
-    assert ws.settings.budget == 1
+    assert ws.settings.budget == 1 and logic.session.panelSettings() == {"budget": 1, "device": "cpu"}
     node, message = logic.worklist.update()
     ids = logic.worklist.caseIds()
     assert sorted(ids) == sorted(ws.unlabeled_ids()) and node.GetNumberOfRows() == 3
-    assert "3 unlabeled volumes ranked" in message
+    assert "3 volumes to label" in message and "Batch" in message
+    rows = mrml.rows_from_table(node)
+    assert [r["batch"] for r in rows] == ["yes", "", ""] and all(r["why"] for r in rows)
+    assert node.GetColumnDescription("K")  # the tooltip Slicer's table view shows
     assert logic.worklist.nextCase() == ids[0] and logic.worklist.nextCase(after=ids[0]) == ids[1]
     assert logic.worklist.nextCase(after=ids[-1]) is None
 
-    _, seg_node, source = logic.labeling.loadCase(ids[0], prefill=True)
-    assert "prediction" in source
-    prefilled, _ = mrml.labelmap_from_segmentation(seg_node, logic.labeling.imageNode, len(ws.classes))
+    image_a, seg_a, shown = logic.labeling.loadCase(ids[0])
+    assert shown == "empty" and logic.session.modelCanSegment()
+    out = _run(logic, "predict", ["--case", ids[0], "--purpose", "prefill"])[-2]["outputs"][ids[0]]
+    assert logic.labeling.applyPrefill(ids[0], out)
+    prefilled, _ = logic.labeling.currentLabel()
     assert prefilled.shape == (20, 24, 18) and prefilled.max() < len(ws.classes)
+    assert not logic.labeling.hasUnsavedChanges()  # a pre-fill alone is not the radiologist's paint
 
-    rows, message = logic.qa.candidates()
-    assert rows and {"case_id", "confidence", "distance", "qa"} <= set(rows[0])
-    assert "synth_000" not in {r["case_id"] for r in rows}
-    case_id = rows[0]["case_id"]
-    _, overlay = logic.qa.showPseudoLabel(case_id)
-    assert logic.qa.pseudoLabelPath(case_id).exists()
+    candidates, refused, message = logic.qa.candidates()
+    assert candidates and {"case_id", "confidence", "distance", "qa"} <= set(candidates[0])
+    assert "synth_000" not in {r["case_id"] for r in candidates + refused}
+    case_id = next(r["case_id"] for r in candidates if r["case_id"] != ids[0])
+    assert logic.qa.needsPrediction(case_id)
+    _run(logic, "predict", ["--case", case_id, "--purpose", "pseudo"])
+    assert not logic.qa.needsPrediction(case_id)
+    image_b, overlay, slice_index = logic.qa.showPseudoLabel(case_id)
+    assert image_b is not image_a and overlay is not seg_a  # reviewing B never touches A's nodes
+    assert logic.labeling.imageNode is image_a and logic.labeling.currentCase == ids[0]
+    assert 0 <= slice_index < 18
     logic.qa.setOverlayDisplay(0.2, fill=False, outline=True)
     assert mrml.overlay_display(overlay) == {"opacity": pytest.approx(0.2), "fill": False, "outline": True}
+    logic.labeling.saveCurrentLabel()  # A still saves on its own grid
+    assert ids[0] in ws.labeled_ids()
 
     logic.qa.setQA(case_id, "rejected")
-    rows_after, _ = logic.qa.candidates()
-    assert case_id not in {r["case_id"] for r in rows_after}  # a rejected volume is never pseudo-labeled
+    after, refused_after, _ = logic.qa.candidates()
+    assert case_id not in {r["case_id"] for r in after}  # a rejected volume is never pseudo-labeled
     logic.session.close()
 
 
+@pytest.mark.torch
 def test_worklist_before_the_first_score_asks_for_scoring(logic, tmp_path):
     from ASSFTLib import models, synthetic
 
@@ -279,5 +309,25 @@ def test_worklist_before_the_first_score_asks_for_scoring(logic, tmp_path):
     logic.workspace.register_model(tmp_path / "m.pt", kind="foundation")
     node, message = logic.worklist.update()
     assert node.GetNumberOfRows() == 0
+    assert not logic.session.modelCanSegment()  # a foundation model: no pre-fill
     assert "not scored yet" in message
     logic.session.close()
+
+
+def test_reasons_are_said_in_plain_words(module):
+    """The worklist's "why" and the QA's refusals speak of the volume, not of K, ASD or tau."""
+    import types as t
+
+    worklist = sys.modules[MODULE_PACKAGE + ".worklist"]
+    rows = [t.SimpleNamespace(K=0.9, ASD=0.1, Div=0.8), t.SimpleNamespace(K=0.1, ASD=0.9, Div=0.1),
+            t.SimpleNamespace(K=0.5, ASD=0.5, Div=0.5), t.SimpleNamespace(K=None, ASD=None, Div=None)]
+    why = worklist.reasons(rows)
+    assert why[0] == "unlike what the model has seen; unlike the volumes already labeled"
+    assert why[1] == "the model is uncertain inside the anatomy"
+    assert why[2] == why[3] == "middle of the pool on every measurement"
+    qa = sys.modules[MODULE_PACKAGE + ".pseudo_qa"]
+    assert qa.plainReason("rejected in QA") == "you rejected it"
+    for raw in ("confidence 0.512 < tau_c 0.900", "distance 0.300 > tau_d 0.120"):
+        plain = qa.plainReason(raw)
+        assert "tau" not in plain and ("confident" in plain or "unlike" in plain)
+    assert "as many pseudo-labels" in qa.plainReason("passes, but over the cap rho*|L| = 2")

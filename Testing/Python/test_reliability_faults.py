@@ -27,6 +27,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+pytest.importorskip("torch", reason="needs torch (no torch wheel for this Python)")
+
 from ASSFTLib import volumes
 from ASSFTLib import worker
 from ASSFTLib.errors import LabelError, VolumeError

@@ -110,6 +110,7 @@ def _workspace(tmp_path, with_model: bool):
     return ws
 
 
+@pytest.mark.torch
 def test_report_command_on_a_scored_workspace(tmp_path):
     from ASSFTLib import cli
 
@@ -146,6 +147,7 @@ def test_report_names_refused_candidates_and_an_empty_worklist(tmp_path):
     assert "Nothing to rank: every volume is labeled." in page and "The first 0" not in page
 
 
+@pytest.mark.torch
 def test_report_without_a_model_says_so(tmp_path):
     from ASSFTLib.report import write_report
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch (no torch wheel for this Python)")
 
 from ASSFTLib import cli, worker
 from ASSFTLib.jobs import Job
@@ -145,3 +145,33 @@ def test_cancel_file_stops_pretraining_and_resume_registers_foundation(ws_path):
         assert ws.foundation_model().id == result["model_id"]
         assert ws.current_model().kind == "foundation"  # a workspace that had a model keeps it current
         assert ws.current_model().id != result["model_id"]
+
+
+def test_predict_job_segments_off_the_main_thread_for_prefill_and_pseudo_labels(ws_path):
+    """The panel's model calls (pre-fill, a pseudo-label not yet written) as a background ``predict`` job."""
+    from ASSFTLib.volumes import read_volume
+    with Workspace.open(ws_path) as ws:
+        case_id = ws.unlabeled_ids()[0]
+        shape = read_volume(ws.image_path(case_id)).array.shape
+    refused = Job.start("predict", ws_path, ["--case", case_id])  # the foundation model has no task head
+    events = _drain(refused)
+    assert refused.returncode == 1
+    assert "cannot segment" in next(e for e in events if e["event"] == "error")["message"]
+
+    train = Job.start("train", ws_path, ["--steps", "2"])
+    _drain(train)
+    assert train.returncode == 0, train.stderr_tail
+    prefill = Job.start("predict", ws_path, ["--case", case_id, "--purpose", "prefill"])
+    events = _drain(prefill)
+    assert prefill.returncode == 0, prefill.stderr_tail
+    _check_well_formed(events, "predict")
+    out = Path(next(e for e in events if e["event"] == "result")["outputs"][case_id])
+    assert out.parent == prefill.job_dir and read_volume(out, kind="label").array.shape == shape
+    pseudo = Job.start("predict", ws_path, ["--case", case_id, "--purpose", "pseudo"])
+    _drain(pseudo)
+    assert pseudo.returncode == 0, pseudo.stderr_tail
+    with Workspace.open(ws_path) as ws:
+        assert read_volume(ws.paths.pseudo_label(case_id), kind="label").array.shape == shape
+    unknown = Job.start("predict", ws_path, ["--case", "no-such-case"])
+    events = _drain(unknown)
+    assert unknown.returncode == 1 and "no-such-case" in next(e for e in events if e["event"] == "error")["message"]

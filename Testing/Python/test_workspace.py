@@ -81,6 +81,7 @@ def test_bad_labels_are_refused_and_nothing_is_lost(synthetic_dataset, tmp_path)
     assert not list((ws.folder / "labels").glob(".*.tmp*"))
 
 
+@pytest.mark.torch
 def test_models_scores_rounds_qa(synthetic_dataset, tmp_path):
     ws = Workspace.create(tmp_path / "ws", dataset=synthetic_dataset, import_labels=False)
     assert ws.current_model() is None

@@ -83,3 +83,26 @@ def test_bundle_mr_zscore_and_no_preprocessing(tmp_path):
     with pytest.raises(CheckpointError, match=r"reproduces only \[0, 1\]"):
         models.load_model(_bundle(tmp_path / "odd", [{"_target_": "ScaleIntensityRanged", "keys": "image",
                                                        "a_min": 0, "a_max": 1, "b_min": -1, "b_max": 1}]))
+
+
+@pytest.mark.parametrize("prep", [{"normalize": "zscore"}, {"normalize": "zscore", "clip": [0, 300]},
+                                  {"normalize": "ct", "clip": [-200, 300]}, CT, {"normalize": "none", "clip": [0, 1]}])
+def test_in_place_normalisation_gives_monais_numbers(prep):
+    """prepare_image normalises in place (one copy of the volume); MONAI's transforms are the reference."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensityRange
+    rng = np.random.default_rng(3)
+    hu = rng.normal(0, 400, size=(40, 30, 20)).astype(np.float32)
+    hu[:5] = 0  # zero voxels (outside an MR crop) stay 0 under zscore
+    volume = Volume(hu.copy(), np.eye(4))
+    got, _ = prepare_image(volume, prep)
+    np.testing.assert_array_equal(volume.array, hu)  # the caller's array is untouched
+    full = validate_preprocessing(prep)
+    x = torch.from_numpy(hu.copy())[None]
+    if full["normalize"] == "ct":
+        ref = ScaleIntensityRange(*full["clip"], 0.0, 1.0, clip=True)(x)
+    else:
+        x = x.clamp(*full["clip"]) if full["clip"] else x
+        ref = (NormalizeIntensity(nonzero=True)(x) if full["normalize"] == "zscore" else
+               NormalizeIntensity(subtrahend=full["mean"], divisor=full["std"])(x)
+               if full["normalize"] == "ct_zscore" else x)
+    np.testing.assert_allclose(np.asarray(got)[0], np.asarray(ref), atol=2e-5, rtol=1e-5)

@@ -1,0 +1,267 @@
+"""Scale benchmark: CT-like pools of 8, 32 and 128 volumes, one scoring pass and one fine-tuning round each.
+
+``assft benchmark scale`` answers "does memory stay bounded and how many
+volumes per hour does one machine score and train?" with the product's own
+code: a real workspace over a synthetic abdominal-CT pool
+(:func:`synthetic.make_ct_dataset`: int16 Hounsfield units, a body outline,
+liver, kidneys, spleen), a foundation checkpoint whose preprocessing is CT's
+(``ct_zscore`` with its own statistics, a target spacing), one
+:func:`training.finetune_round` on every volume of the pool (labels imported),
+then :func:`scoring.score_volume` of a few of its volumes with the new model and
+the foundation.  A ``clinical`` unit scores one 512x512x300 CT at 0.8 mm (resampled
+to the foundation's spacing as every real CT would be) and times the bare network
+passes that scoring needs, for the overhead ratio.
+
+Every unit (data, each pool's ``train`` and ``score``, ``clinical``) runs in its
+own process, so its peak RSS above that process's baseline is its own (no
+allocator cache from an earlier unit), and its result is saved as soon as it ends:
+a rerun skips finished units (resumable).  Results: ``scale_<device>.json`` with
+``pool_sizes``, ``score_peak_rss_mib``, ``train_peak_rss_mib``,
+``score_seconds_per_volume``, ``train_steps_per_second`` (lists in the order of
+``pool_sizes``) and the per-unit details.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import provenance, write_json
+
+POOL_SIZES = (8, 32, 128)
+POOL_SHAPE = (256, 256, 160)        # 1.5 x 1.5 x 2.0 mm: a 38 x 38 x 32 cm abdomen at the foundation's grid
+POOL_SPACING = (1.5, 1.5, 2.0)
+CLINICAL_SHAPE = (512, 512, 300)
+CLINICAL_SPACING = (0.8, 0.8, 1.0)
+FOUNDATION_PREP = {"normalize": "ct_zscore", "clip": [-200.0, 300.0], "mean": 50.0, "std": 100.0,
+                   "target_spacing": list(POOL_SPACING)}
+PATCH = (48, 64, 64)
+
+
+def _settings(threads: int, steps: int, patch: Sequence[int] = PATCH):
+    from ..settings import Settings
+    return Settings(patch_size=tuple(patch), batch_size=2, steps=steps, use_ssft=False, kfold_min_labels=0,
+                    num_threads=threads, device="cpu")
+
+
+# ----------------------------------------------------------------------------
+# units (each runs in its own process: python -m ASSFTLib.benchmark.scale UNIT WORK ...)
+def unit_data(work: Path, n: int, shape: Sequence[int], pools: Sequence[int], patch: Sequence[int] = PATCH) -> dict:
+    """The shared CT pool (first ``n`` cases), each pool a folder of hard links to its first cases, the foundation."""
+    import torch
+
+    from .. import models, synthetic
+    data = work / "data"
+    t0 = time.perf_counter()
+    synthetic.make_ct_dataset(data, n, shape, POOL_SPACING, seed=0)
+    seconds = time.perf_counter() - t0
+    meta = json.loads((data / "dataset.json").read_text())
+    for size in pools:
+        folder = work / f"pool_{size}"
+        for entry in meta["training"][:size]:
+            for key in ("image", "label"):
+                src, dst = data / entry[key], folder / entry[key]
+                if not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy2(src, dst)
+        (folder / "dataset.json").write_text(json.dumps({**meta, "numTraining": size,
+                                                         "training": meta["training"][:size]}))
+    torch.manual_seed(0)
+    spec = models.default_spec(list(synthetic.CT_CLASSES), tuple(patch)).replace(preprocessing=FOUNDATION_PREP)
+    models.save_checkpoint(work / "foundation.pt", models.build_network(spec), spec)
+    disk = sum(p.stat().st_size for p in data.rglob("*.nii.gz"))
+    return {"volumes": n, "shape": list(shape), "spacing_mm": list(POOL_SPACING), "seconds": seconds,
+            "disk_mib": disk / 2 ** 20}
+
+
+def unit_train(work: Path, size: int, threads: int, steps: int, patch: Sequence[int] = PATCH) -> dict:
+    """A fresh workspace over pool ``size`` (labels imported) and one fine-tuning round: peak RSS, phase times."""
+    from ..training import finetune_round
+    from ..workspace import Workspace
+    from .speed import PeakMemory
+    folder = work / f"ws_{size}"
+    shutil.rmtree(folder, ignore_errors=True)
+    settings = _settings(threads, steps, patch)
+    ws = Workspace.create(folder, work / f"pool_{size}", settings=settings, import_labels=True)
+    ws.register_model(work / "foundation.pt", kind="foundation")
+    marks: dict = {}  # phase -> [time of its first event, time of its last event, events]
+
+    def progress(step, total, info):
+        now = time.perf_counter()
+        mark = marks.setdefault(info.get("phase"), [now, now, 0])
+        mark[1], mark[2] = now, mark[2] + 1
+
+    with PeakMemory("cpu") as mem:
+        t0 = time.perf_counter()
+        result = finetune_round(ws, settings, progress=progress)
+        seconds = time.perf_counter() - t0
+    ws.close()
+    train = marks.get("train", [t0, t0, 1])
+    prepare = marks.get("prepare", [t0, t0, 0])
+    # one event after each step: steps 2..n lie between the first event and the last
+    train_steps = max(1, train[2] - 1)
+    cache = sum(p.stat().st_size for p in (folder / "cache" / "train").rglob("*.npy"))
+    return {"pool": size, "peak_rss_mib": mem.peak / 2 ** 20, "round_seconds": seconds,
+            "prepare_seconds_per_volume": (prepare[1] - t0) / size,
+            "steps": int(result["metrics"]["steps"]), "steps_per_second": train_steps / max(train[1] - train[0], 1e-9),
+            "cache_mib": cache / 2 ** 20, "threads": threads}
+
+
+def unit_score(work: Path, size: int, threads: int, volumes: int, patch: Sequence[int] = PATCH) -> dict:
+    """Score the first ``volumes`` cases of pool ``size`` with its trained model and the foundation."""
+    from ..models import load_model
+    from ..scoring import score_volume
+    from ..volumes import read_volume
+    from ..workspace import Workspace
+    from .speed import PeakMemory
+    settings = _settings(threads, 1, patch)
+    ws = Workspace.open(work / f"ws_{size}")
+    model = load_model(ws.current_model().path)
+    foundation = load_model(ws.foundation_model().path)
+    cases = ws.cases()[:volumes]
+    ws.close()
+    peaks, walls, cpus = [], [], []
+    for case in cases:
+        with PeakMemory("cpu") as mem:
+            t0, c0 = time.perf_counter(), time.process_time()
+            score_volume(model, foundation, read_volume(case.image_path), settings)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        peaks.append(mem.peak / 2 ** 20)
+    return {"pool": size, "volumes_scored": len(cases), "peak_rss_mib": max(peaks),
+            "seconds_per_volume": float(np.mean(walls)), "cpu_seconds_per_volume": float(np.mean(cpus)),
+            "threads": threads}
+
+
+def unit_clinical(work: Path, threads: int, shape: Sequence[int], patch: Sequence[int] = PATCH) -> dict:
+    """One clinical-size CT: full scoring vs the bare passes it needs (4 flips of the model, E0's encoder pass)."""
+    import torch
+
+    from .. import inference, synthetic
+    from ..models import load_model
+    from ..scoring import score_volume
+    from ..volumes import Volume
+    from .speed import PeakMemory, plain_passes
+    settings = _settings(threads, 1, patch)
+    foundation = load_model(work / "foundation.pt")
+    # a distinct model object and checksum: scoring runs E0's feature pass too, as every later round does
+    model = dataclasses.replace(load_model(work / "foundation.pt"), checksum="model")
+    image, _, affine = synthetic.make_ct_case((1, 0), shape, CLINICAL_SPACING)
+    volume = Volume(image, affine)
+    with PeakMemory("cpu") as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        score_volume(model, foundation, volume, settings)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    t1, c1 = time.perf_counter(), time.process_time()
+    plain_passes(model, volume, settings, 4)
+    inference.embed(foundation, volume, settings)
+    bare_wall, bare_cpu = time.perf_counter() - t1, time.process_time() - c1
+    return {"shape": list(shape), "spacing_mm": list(CLINICAL_SPACING), "network_spacing_mm": list(POOL_SPACING),
+            "score_seconds": wall, "score_cpu_seconds": cpu, "score_peak_rss_mib": mem.peak / 2 ** 20,
+            "bare_passes_seconds": bare_wall, "bare_passes_cpu_seconds": bare_cpu,
+            "overhead_vs_bare_passes_cpu": cpu / bare_cpu, "overhead_vs_bare_passes_wall": wall / bare_wall,
+            "threads": threads, "torch_threads": torch.get_num_threads()}
+
+
+UNITS: dict = {"data": unit_data, "train": unit_train, "score": unit_score, "clinical": unit_clinical}
+
+
+# ----------------------------------------------------------------------------
+def run(out: Path, work: Path, pools: Sequence[int] = POOL_SIZES, shape: Sequence[int] = POOL_SHAPE,
+        clinical_shape: Sequence[int] | None = CLINICAL_SHAPE, threads: int = 1, steps: int = 20,
+        score_volumes: int = 2, patch: Sequence[int] = PATCH, unit_timeout: float = 1800,
+        command: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
+    """Run the units not yet finished in ``work`` (each in its own process); write ``out/scale_cpu.json``."""
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "scale_state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    config = {"pools": list(pools), "shape": list(shape), "steps": steps, "score_volumes": score_volumes,
+              "threads": threads, "clinical_shape": list(clinical_shape) if clinical_shape else None,
+              "patch_size": list(patch)}
+    if state.get("config") != config:
+        state = {"config": config, "units": {}}
+    patch = list(patch)
+    plan = [("data", [max(pools), list(shape), list(pools), patch])]
+    for size in pools:
+        plan += [(f"train_{size}", [size, threads, steps, patch]),
+                 (f"score_{size}", [size, threads, score_volumes, patch])]
+    if clinical_shape:
+        plan.append(("clinical", [threads, list(clinical_shape), patch]))
+    for name, args in plan:
+        if name in state["units"]:
+            continue
+        progress(f"scale benchmark: {name}")
+        state["units"][name] = _run_unit(name.split("_")[0], work, args, threads, unit_timeout)
+        write_json(state_path, state)
+    result = summarize(state, pools)
+    result.update({"benchmark": "scale", "device": "cpu", **provenance(command)})
+    write_json(Path(out) / "scale_cpu.json", result)
+    return result
+
+
+def _run_unit(kind: str, work: Path, args: list, threads: int, timeout: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, "-m", "ASSFTLib.benchmark.scale", kind, str(work), json.dumps(args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        from ..errors import ASSFTError
+        raise ASSFTError(f"scale benchmark unit {kind} failed: {proc.stderr.strip()[-2000:]}", path=work,
+                         hint="fix the cause and run the same command again: finished units are kept")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(state: dict, pools: Sequence[int]) -> dict:
+    """The result fields (lists in the order of ``pool_sizes``) from the finished units."""
+    units = state["units"]
+
+    def column(kind: str, key: str) -> list:
+        return [units.get(f"{kind}_{p}", {}).get(key) for p in pools]
+
+    return {"pool_sizes": list(pools),
+            "score_peak_rss_mib": column("score", "peak_rss_mib"),
+            "train_peak_rss_mib": column("train", "peak_rss_mib"),
+            "score_seconds_per_volume": column("score", "seconds_per_volume"),
+            "train_steps_per_second": column("train", "steps_per_second"),
+            "train_prepare_seconds_per_volume": column("train", "prepare_seconds_per_volume"),
+            "train_cache_mib": column("train", "cache_mib"),
+            "config": state["config"], "units": units}
+
+
+def format_table(result: dict) -> str:
+    """The printed summary of :func:`run`."""
+    lines = ["pool  score peak MiB  s/volume  train peak MiB  steps/s  prepare s/volume"]
+    for i, p in enumerate(result["pool_sizes"]):
+        row = [result[k][i] for k in ("score_peak_rss_mib", "score_seconds_per_volume", "train_peak_rss_mib",
+                                      "train_steps_per_second", "train_prepare_seconds_per_volume")]
+        lines.append(f"{p:>4}  " + "  ".join("-" if v is None else f"{v:.2f}" for v in row))
+    clinical = result["units"].get("clinical")
+    if clinical:
+        lines.append(f"clinical {tuple(clinical['shape'])}: {clinical['score_seconds']:.1f} s, "
+                     f"{clinical['score_peak_rss_mib']:.0f} MiB peak, "
+                     f"{clinical['overhead_vs_bare_passes_cpu']:.2f}x the bare passes' CPU time")
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str]) -> int:
+    kind, work, args = argv[0], Path(argv[1]), json.loads(argv[2])
+    import torch
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    result = UNITS[kind](work, *args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -110,3 +110,19 @@ def test_scores_match_the_full_map_implementation():
     assert new.roi_voxels == ref.roi_voxels and new.roi_fallback == ref.roi_fallback
     for name in ("asd", "confidence", "entropy"):
         assert getattr(new, name) == pytest.approx(getattr(ref, name), rel=1e-5), name
+
+
+def test_low_precision_network_outputs_are_accumulated_in_float32():
+    """What a CUDA autocast pass hands the stitcher (bfloat16 softmax) is averaged in float32 (runs on the CPU)."""
+    torch.manual_seed(0)
+    image = torch.randn(1, 1, 30, 22, 19)
+
+    def predictor(x):
+        p = torch.softmax(torch.cat([x, -x, 0.5 * x], dim=1), dim=1)
+        return p.to(torch.bfloat16)
+
+    full = stitching.flip_mean(image, (16, 16, 16), 0.25, 2, lambda x: predictor(x).float(), flips=[(), (0,), (2,)])
+    low = stitching.flip_mean(image, (16, 16, 16), 0.25, 2, predictor, flips=[(), (0,), (2,)])
+    assert low.dtype == torch.float32 and low.shape == (3, 30, 22, 19)
+    torch.testing.assert_close(low, full)
+    torch.testing.assert_close(low.sum(0), torch.ones(30, 22, 19), atol=1e-2, rtol=0)

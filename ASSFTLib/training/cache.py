@@ -166,8 +166,13 @@ def _store(folder: Path, key: str, case_id: str, image: np.ndarray, label: np.nd
     meta = {"shape": list(image.shape), "n_foreground": int(len(fg)), "has_weight": weight is not None,
             "version": CACHE_VERSION, "kind": kind}
     final = Path(folder) / key
+    if final.exists() and _open(final, case_id) is None:
+        shutil.rmtree(final)  # an incomplete entry (a file deleted by hand): rebuilt
     _write_entry(final, case_id, arrays, meta)
-    return _open(final, case_id)
+    entry = _open(final, case_id)
+    if entry is None:
+        raise OSError(f"the training cache entry {final} could not be written")
+    return entry
 
 
 def cached_labeled_case(folder: str | Path, case_id: str, image_path: str | Path, label_path: str | Path,

@@ -103,3 +103,11 @@ def test_large_foreground_is_subsampled_reproducibly(tmp_path, monkeypatch):
     assert a.n_foreground == 50 and np.array_equal(fa, fb)
     label = np.load(a.folder / "label.npy")
     assert (label[tuple(fa.T)] > 0).all()
+
+
+def test_an_incomplete_entry_is_rebuilt(tmp_path):
+    img, lab = _files(tmp_path)
+    entry = cache.cached_labeled_case(tmp_path / "cache", "a", img, lab, PREP, 3)
+    (entry.folder / "label.npy").unlink()
+    again = cache.cached_labeled_case(tmp_path / "cache", "a", img, lab, PREP, 3)
+    assert again.folder == entry.folder and (again.folder / "label.npy").is_file()

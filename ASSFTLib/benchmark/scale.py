@@ -37,7 +37,7 @@ import numpy as np
 from . import provenance, write_json
 
 POOL_SIZES = (8, 32, 128)
-POOL_SHAPE = (256, 256, 160)        # 1.5 x 1.5 x 2.0 mm: a 38 x 38 x 32 cm abdomen at the foundation's grid
+POOL_SHAPE = (192, 192, 128)        # 1.5 x 1.5 x 2.0 mm: a 29 x 29 x 26 cm abdomen on the foundation's grid
 POOL_SPACING = (1.5, 1.5, 2.0)
 CLINICAL_SHAPE = (512, 512, 300)
 CLINICAL_SPACING = (0.8, 0.8, 1.0)

@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
     sc.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="folder for scale_cpu.json")
     sc.add_argument("--work", type=Path, default=Path("runs/scale"), help="folder for the pool, workspaces, state")
     sc.add_argument("--pools", default="8,32,128", help="pool sizes (default: %(default)s)")
-    sc.add_argument("--shape", default="256,256,160", help="pool volume size X,Y,Z at 1.5x1.5x2 mm")
+    sc.add_argument("--shape", default="192,192,128", help="pool volume size X,Y,Z at 1.5x1.5x2 mm")
     sc.add_argument("--clinical-shape", default="512,512,300", help="the clinical CT scored (0.8x0.8x1 mm), or none")
     sc.add_argument("--steps", type=int, default=20, help="fine-tuning steps per round")
     sc.add_argument("--score-volumes", type=int, default=2, help="volumes scored per pool")

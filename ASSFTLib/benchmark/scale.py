@@ -12,7 +12,7 @@ the foundation.  A ``clinical`` unit scores one 512x512x300 CT at 0.8 mm (resamp
 to the foundation's spacing as every real CT would be) and times the bare network
 passes that scoring needs, for the overhead ratio.
 
-Every unit (data, each pool's ``train`` and ``score``, ``clinical``) runs in its
+Every unit (each pool's ``data``, ``train`` and ``score``, ``clinical``) runs in its
 own process, so its peak RSS above that process's baseline is its own (no
 allocator cache from an earlier unit), and its result is saved as soon as it ends:
 a rerun skips finished units (resumable).  Results: ``scale_<device>.json`` with
@@ -54,8 +54,8 @@ def _settings(threads: int, steps: int, patch: Sequence[int] = PATCH):
 
 # ----------------------------------------------------------------------------
 # units (each runs in its own process: python -m ASSFTLib.benchmark.scale UNIT WORK ...)
-def unit_data(work: Path, n: int, shape: Sequence[int], pools: Sequence[int], patch: Sequence[int] = PATCH) -> dict:
-    """The shared CT pool (first ``n`` cases), each pool a folder of hard links to its first cases, the foundation."""
+def unit_data(work: Path, n: int, shape: Sequence[int], patch: Sequence[int] = PATCH) -> dict:
+    """The shared CT pool extended to ``n`` cases, pool ``n``'s folder (hard links to them), the foundation."""
     import torch
 
     from .. import models, synthetic
@@ -64,25 +64,23 @@ def unit_data(work: Path, n: int, shape: Sequence[int], pools: Sequence[int], pa
     synthetic.make_ct_dataset(data, n, shape, POOL_SPACING, seed=0)
     seconds = time.perf_counter() - t0
     meta = json.loads((data / "dataset.json").read_text())
-    for size in pools:
-        folder = work / f"pool_{size}"
-        for entry in meta["training"][:size]:
-            for key in ("image", "label"):
-                src, dst = data / entry[key], folder / entry[key]
-                if not dst.exists():
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        os.link(src, dst)
-                    except OSError:
-                        shutil.copy2(src, dst)
-        (folder / "dataset.json").write_text(json.dumps({**meta, "numTraining": size,
-                                                         "training": meta["training"][:size]}))
+    folder = work / f"pool_{n}"
+    for entry in meta["training"][:n]:
+        for key in ("image", "label"):
+            src, dst = data / entry[key], folder / entry[key]
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+    (folder / "dataset.json").write_text(json.dumps({**meta, "numTraining": n, "training": meta["training"][:n]}))
+    if (work / "foundation.pt").is_file():
+        return {"volumes": n, "shape": list(shape), "spacing_mm": list(POOL_SPACING), "seconds": seconds}
     torch.manual_seed(0)
     spec = models.default_spec(list(synthetic.CT_CLASSES), tuple(patch)).replace(preprocessing=FOUNDATION_PREP)
     models.save_checkpoint(work / "foundation.pt", models.build_network(spec), spec)
-    disk = sum(p.stat().st_size for p in data.rglob("*.nii.gz"))
-    return {"volumes": n, "shape": list(shape), "spacing_mm": list(POOL_SPACING), "seconds": seconds,
-            "disk_mib": disk / 2 ** 20}
+    return {"volumes": n, "shape": list(shape), "spacing_mm": list(POOL_SPACING), "seconds": seconds}
 
 
 def unit_train(work: Path, size: int, threads: int, steps: int, patch: Sequence[int] = PATCH) -> dict:
@@ -193,12 +191,12 @@ def run(out: Path, work: Path, pools: Sequence[int] = POOL_SIZES, shape: Sequenc
     if state.get("config") != config:
         state = {"config": config, "units": {}}
     patch = list(patch)
-    plan = [("data", [max(pools), list(shape), list(pools), patch])]
-    for size in pools:
-        plan += [(f"train_{size}", [size, threads, steps, patch]),
+    plan = []
+    for i, size in enumerate(sorted(pools)):  # the smallest pool's numbers first; each pool extends the last
+        plan += [(f"data_{size}", [size, list(shape), patch]), (f"train_{size}", [size, threads, steps, patch]),
                  (f"score_{size}", [size, threads, score_volumes, patch])]
-    if clinical_shape:
-        plan.append(("clinical", [threads, list(clinical_shape), patch]))
+        if i == 0 and clinical_shape:
+            plan.append(("clinical", [threads, list(clinical_shape), patch]))
     for name, args in plan:
         if name in state["units"]:
             continue

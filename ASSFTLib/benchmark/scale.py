@@ -234,7 +234,25 @@ def summarize(state: dict, pools: Sequence[int]) -> dict:
             "train_steps_per_second": column("train", "steps_per_second"),
             "train_prepare_seconds_per_volume": column("train", "prepare_seconds_per_volume"),
             "train_cache_mib": column("train", "cache_mib"),
-            "config": state["config"], "units": units}
+            "config": state["config"], "units": units, "notes": _notes(state["config"], units)}
+
+
+def _notes(config: dict, units: dict) -> list:
+    """What a reader must know to read the numbers."""
+    loads = [u["load_average"][0] for u in units.values() if "load_average" in u]
+    shape = "x".join(str(v) for v in config["shape"])
+    notes = [f"pool volumes are {shape} voxels at {POOL_SPACING} mm (int16 HU): the foundation's grid, so "
+             "nothing is resampled: a smaller field of view than an abdominal CT, which at 512x512x300 and 0.8 mm "
+             "becomes 273x273x150 on this grid (the clinical unit scores one)",
+             f"score_* numbers: {config['score_volumes']} volume(s) scored per pool (trained model + foundation "
+             "pass, 4 test-time flips), not the whole pool; train_*: one round of "
+             f"{config['steps']} steps on every volume of the pool (the cache is built in the round)",
+             "peak RSS: the unit's own process, above its baseline after imports (models and workspace opened)"]
+    if loads:
+        notes.append(f"the machine was shared (1-min load average {min(loads):.1f}-{max(loads):.1f} on "
+                     f"{os.cpu_count()} cores when units ended): wall-clock timings are pessimistic; "
+                     "cpu_seconds are given where measured")
+    return notes
 
 
 def format_table(result: dict) -> str:
@@ -257,6 +275,7 @@ def _main(argv: Sequence[str]) -> int:
     import torch
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     result = UNITS[kind](work, *args)
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]  # 1, 5, 15 min when the unit ended
     print(json.dumps(result))
     return 0
 

@@ -59,7 +59,7 @@ def unit_data(work: Path, n: int, shape: Sequence[int], patch: Sequence[int] = P
     import torch
 
     from .. import models, synthetic
-    data = work / "data"
+    data = work / ("data_" + "x".join(str(v) for v in shape))
     t0 = time.perf_counter()
     synthetic.make_ct_dataset(data, n, shape, POOL_SPACING, seed=0)
     seconds = time.perf_counter() - t0
@@ -176,32 +176,43 @@ UNITS: dict = {"data": unit_data, "train": unit_train, "score": unit_score, "cli
 
 
 # ----------------------------------------------------------------------------
-def run(out: Path, work: Path, pools: Sequence[int] = POOL_SIZES, shape: Sequence[int] = POOL_SHAPE,
+def run(out: Path, work: Path, pools: Sequence[int] = POOL_SIZES, shape: Sequence = POOL_SHAPE,
         clinical_shape: Sequence[int] | None = CLINICAL_SHAPE, threads: int = 1, steps: int = 20,
         score_volumes: int = 2, patch: Sequence[int] = PATCH, unit_timeout: float = 1800,
-        command: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
-    """Run the units not yet finished in ``work`` (each in its own process); write ``out/scale_cpu.json``."""
+        command: list[str] | None = None, progress: Callable[[str], None] = print,
+        only: Sequence[str] | None = None) -> dict:
+    """Run the units not yet finished in ``work`` (each in its own process); write ``out/scale_cpu.json``.
+
+    shape: one volume size for every pool, or one per pool (a lower resolution for the larger pools);
+    only: run just these unit kinds (``data``, ``train``, ``score``, ``clinical``): two runs over one
+    ``work`` folder may share the machine, each saving its units into the same state file.
+    """
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "scale_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    config = {"pools": list(pools), "shape": list(shape), "steps": steps, "score_volumes": score_volumes,
+    shapes = [list(v) for v in shape] if isinstance(shape[0], (list, tuple)) else [list(shape)] * len(pools)
+    config = {"pools": list(pools), "shapes": shapes, "steps": steps, "score_volumes": score_volumes,
               "threads": threads, "clinical_shape": list(clinical_shape) if clinical_shape else None,
               "patch_size": list(patch)}
     if state.get("config") != config:
         state = {"config": config, "units": {}}
     patch = list(patch)
     plan = []
-    for i, size in enumerate(sorted(pools)):  # the smallest pool's numbers first; each pool extends the last
-        plan += [(f"data_{size}", [size, list(shape), patch]), (f"train_{size}", [size, threads, steps, patch]),
+    for i, (size, size_shape) in enumerate(sorted(zip(pools, shapes))):  # smallest first; each extends the last
+        plan += [(f"data_{size}", [size, size_shape, patch]), (f"train_{size}", [size, threads, steps, patch]),
                  (f"score_{size}", [size, threads, score_volumes, patch])]
         if i == 0 and clinical_shape:
             plan.append(("clinical", [threads, list(clinical_shape), patch]))
     for name, args in plan:
-        if name in state["units"]:
+        if name in state["units"] or (only and name.split("_")[0] not in only):
             continue
         progress(f"scale benchmark: {name}")
-        state["units"][name] = _run_unit(name.split("_")[0], work, args, threads, unit_timeout)
+        result = _run_unit(name.split("_")[0], work, args, threads, unit_timeout)
+        saved = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        if saved.get("config") == config:  # units another run saved meanwhile
+            state["units"] = {**saved["units"], **state["units"]}
+        state["units"][name] = result
         write_json(state_path, state)
     result = summarize(state, pools)
     result.update({"benchmark": "scale", "device": "cpu", **provenance(command)})
@@ -234,14 +245,15 @@ def summarize(state: dict, pools: Sequence[int]) -> dict:
             "train_steps_per_second": column("train", "steps_per_second"),
             "train_prepare_seconds_per_volume": column("train", "prepare_seconds_per_volume"),
             "train_cache_mib": column("train", "cache_mib"),
+            "pool_shapes": state["config"]["shapes"],
             "config": state["config"], "units": units, "notes": _notes(state["config"], units)}
 
 
 def _notes(config: dict, units: dict) -> list:
     """What a reader must know to read the numbers."""
     loads = [u["load_average"][0] for u in units.values() if "load_average" in u]
-    shape = "x".join(str(v) for v in config["shape"])
-    notes = [f"pool volumes are {shape} voxels at {POOL_SPACING} mm (int16 HU): the foundation's grid, so "
+    shape = ", ".join(f"pool {p}: " + "x".join(str(v) for v in s) for p, s in zip(config["pools"], config["shapes"]))
+    notes = [f"pool volumes ({shape}) at {POOL_SPACING} mm (int16 HU): the foundation's grid, so "
              "nothing is resampled: a smaller field of view than an abdominal CT, which at 512x512x300 and 0.8 mm "
              "becomes 273x273x150 on this grid (the clinical unit scores one)",
              f"score_* numbers: {config['score_volumes']} volume(s) scored per pool (trained model + foundation "

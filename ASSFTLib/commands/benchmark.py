@@ -62,7 +62,9 @@ def add_parser(sub) -> None:
     sc.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="folder for scale_cpu.json")
     sc.add_argument("--work", type=Path, default=Path("runs/scale"), help="folder for the pool, workspaces, state")
     sc.add_argument("--pools", default="8,32,128", help="pool sizes (default: %(default)s)")
-    sc.add_argument("--shape", default="192,192,128", help="pool volume size X,Y,Z at 1.5x1.5x2 mm")
+    sc.add_argument("--shape", default="192,192,128",
+                    help="pool volume size X,Y,Z at 1.5x1.5x2 mm, or one per pool separated by '/'")
+    sc.add_argument("--only", help="run only these unit kinds (comma-separated: data,train,score,clinical)")
     sc.add_argument("--clinical-shape", default="512,512,300", help="the clinical CT scored (0.8x0.8x1 mm), or none")
     sc.add_argument("--steps", type=int, default=20, help="fine-tuning steps per round")
     sc.add_argument("--score-volumes", type=int, default=2, help="volumes scored per pool")
@@ -90,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark == "scale":
         from ..benchmark import scale
         pools = tuple(int(v) for v in args.pools.split(","))
-        result = scale.run(args.out, args.work, pools, _size(args.shape), _size(args.clinical_shape),
-                           threads=args.threads, steps=args.steps, score_volumes=args.score_volumes, command=command)
+        shapes = [_size(v) for v in args.shape.split("/")]
+        result = scale.run(args.out, args.work, pools, shapes if len(shapes) > 1 else shapes[0],
+                           _size(args.clinical_shape), threads=args.threads, steps=args.steps,
+                           score_volumes=args.score_volumes, command=command,
+                           only=args.only.split(",") if args.only else None)
         print(scale.format_table(result))
         return 0
     if args.benchmark == "speed":

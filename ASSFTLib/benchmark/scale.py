@@ -93,26 +93,28 @@ def unit_train(work: Path, size: int, threads: int, steps: int, patch: Sequence[
     settings = _settings(threads, steps, patch)
     ws = Workspace.create(folder, work / f"pool_{size}", settings=settings, import_labels=True)
     ws.register_model(work / "foundation.pt", kind="foundation")
-    marks: dict = {}  # phase -> [time of its first event, time of its last event, events]
+    marks: dict = {}  # phase -> [time of its first event, of its last, events, CPU time at the first, at the last]
 
     def progress(step, total, info):
-        now = time.perf_counter()
-        mark = marks.setdefault(info.get("phase"), [now, now, 0])
-        mark[1], mark[2] = now, mark[2] + 1
+        now, cpu = time.perf_counter(), time.process_time()
+        mark = marks.setdefault(info.get("phase"), [now, now, 0, cpu, cpu])
+        mark[1], mark[2], mark[4] = now, mark[2] + 1, cpu
 
     with PeakMemory("cpu") as mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = finetune_round(ws, settings, progress=progress)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     ws.close()
-    train = marks.get("train", [t0, t0, 1])
-    prepare = marks.get("prepare", [t0, t0, 0])
+    train = marks.get("train", [t0, t0, 1, c0, c0])
+    prepare = marks.get("prepare", [t0, t0, 0, c0, c0])
     # one event after each step: steps 2..n lie between the first event and the last
     train_steps = max(1, train[2] - 1)
     cache = sum(p.stat().st_size for p in (folder / "cache" / "train").rglob("*.npy"))
     return {"pool": size, "peak_rss_mib": mem.peak / 2 ** 20, "round_seconds": seconds,
             "prepare_seconds_per_volume": (prepare[1] - t0) / size,
+            "round_cpu_seconds": cpu, "prepare_cpu_seconds_per_volume": (prepare[4] - c0) / size,
             "steps": int(result["metrics"]["steps"]), "steps_per_second": train_steps / max(train[1] - train[0], 1e-9),
+            "cpu_steps_per_second": train_steps / max(train[4] - train[3], 1e-9),
             "cache_mib": cache / 2 ** 20, "threads": threads}
 
 

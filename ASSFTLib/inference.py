@@ -1,8 +1,10 @@
 """The network side of scoring: one sliding-window pass per volume and network.
 
-:func:`forward_volume` runs MONAI's ``sliding_window_inference`` once per
-test-time flip (identity, then a flip along each axis: T = 4), maps every
-softmax back and averages them.  During the identity pass, forward hooks on
+:func:`forward_volume` runs one sliding-window pass (MONAI's windows and
+Gaussian blending) per test-time flip (identity, then a flip along each axis:
+T = 4) and averages the softmax maps window by window
+(:func:`stitching.flip_mean`), so a clinical CT never holds more than the mean
+map, one count map and the image.  During the identity pass, forward hooks on
 the same network calls gather
 
 - the bottleneck embedding z(x): global average of the deepest encoder feature
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from . import models, preprocess, query
+from . import models, preprocess, query, stitching
 from .errors import ASSFTError
 from .pretext import block_mask, reconstruction_error
 from .runtime import autocast
@@ -196,26 +198,26 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
     image = image.to(device=device, dtype=torch.float32)
     rec = _Recorder(loaded, with_norm_stats, stop=not with_probs)
 
-    def predictor(x: torch.Tensor) -> torch.Tensor:
+    def predictor(x: torch.Tensor) -> torch.Tensor | None:
         out = rec.call(network, x)
-        if out is None:  # features only: a cheap placeholder for the stitcher
-            return x.new_zeros((x.shape[0], 1, *x.shape[2:]))
-        return torch.softmax(out.float(), dim=1)
+        return None if out is None else torch.softmax(out.float(), dim=1)
 
-    def window_pass(x: torch.Tensor) -> torch.Tensor:
-        window = tuple(spec.patch_size) if full_patch else window_size(spec, x.shape[2:])
-        return sliding_window_inference(x, window, settings.sw_batch_size, predictor,
-                                        overlap=settings.sw_overlap, mode="gaussian")
+    window = tuple(spec.patch_size) if full_patch else window_size(spec, image.shape[2:])
+
+    def window_pass(x: torch.Tensor, flips=((),), on_pass=None, accumulate: bool = True) -> torch.Tensor | None:
+        return stitching.flip_mean(x, window, settings.sw_overlap, settings.sw_batch_size, predictor,
+                                   flips=flips, on_pass=on_pass, accumulate=accumulate)
+
+    def on_pass(flip: tuple) -> None:
+        rec.active = flip == ()
 
     network.eval()
     try:
         with torch.inference_mode(), autocast(device, settings.amp):
-            probs_sum = None
-            for dims in _flips(settings) if with_probs else [()]:
-                rec.active = dims == ()
-                p = window_pass(torch.flip(image, dims) if dims else image)
-                p = torch.flip(p, dims) if dims else p
-                probs_sum = p if probs_sum is None else probs_sum + p
+            # the test-time mean is reduced window by window (stitching.flip_mean): no flipped
+            # image and no per-pass map is ever held, only the running mean
+            flips = [tuple(d - 2 for d in dims) for dims in _flips(settings)] if with_probs else [()]
+            mean = window_pass(image, flips, on_pass, accumulate=with_probs)
             rec.active = False
             bald = _mc_dropout_bald(network, image, window_pass, mc_samples, settings.seed) if mc_samples else None
         embedding = rec.embedding()
@@ -223,10 +225,11 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
     finally:
         rec.remove()
         network.eval()
+    del image
     probs = None
     if with_probs:
-        mean = (probs_sum[0] / len(_flips(settings))).float().cpu().numpy()
-        probs = np.asarray(restore(mean), dtype=np.float32)
+        probs = np.asarray(restore(mean.cpu().numpy()), dtype=np.float32)
+        del mean
     return ForwardResult(probs, embedding, volume_stats, running_stats, bald)
 
 
@@ -240,7 +243,7 @@ def _mc_dropout_bald(network, image, window_pass, samples: int, seed: int) -> fl
         torch.manual_seed(seed)
         mean_p, mean_h = None, None
         for _ in range(samples):
-            p = window_pass(image)[0].float()
+            p = window_pass(image).float()
             h = -(p.clamp_min(query.EPS) * p.clamp_min(query.EPS).log()).sum(0) / np.log(p.shape[0])
             mean_p = p / samples if mean_p is None else mean_p + p / samples
             mean_h = h / samples if mean_h is None else mean_h + h / samples

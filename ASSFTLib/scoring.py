@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import query, strategies
+from . import query, reductions, strategies
 from .errors import ASSFTError, JobCancelled, WorkspaceError
 from .fileutil import atomic_write_text
 from .settings import Settings
@@ -133,8 +133,8 @@ def score_volume(model, foundation, volume, settings: Settings,
         K["drift"] = float(query.cosine_distance(z0[None], fwd.embedding[None])[0, 0])
     scores = CaseScores(K=K, zt=fwd.embedding.tolist(), z0=z0.tolist(), has_task_head=head, bald=fwd.bald)
     if fwd.probs is not None:
-        r = query.asd_from_probs(fwd.probs, settings.fg_threshold, settings.roi_dilation, settings.roi_min_fraction,
-                                 settings.roi_fallback_fraction)
+        r = reductions.asd_from_probs_streaming(fwd.probs, settings.fg_threshold, settings.roi_dilation,
+                                                settings.roi_min_fraction, settings.roi_fallback_fraction)
         scores.asd, scores.confidence, scores.entropy = r.asd, r.confidence, r.entropy
         scores.fg_fraction, scores.roi_voxels, scores.roi_fallback = r.fg_fraction, r.roi_voxels, r.roi_fallback
     if labeled_embeddings is not None and len(labeled_embeddings):

@@ -223,3 +223,85 @@ def _tissue(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image = (1 - inside) * tissue + inside * (level + 0.04 * smooth_noise(1.0))
     image += rng.normal(0.0, 0.02, size=shape)
     return np.clip(500.0 * image, 0.0, None).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# CT-like volumes of clinical size (the scale benchmark)
+CT_CLASSES = ("background", "liver", "kidney", "spleen")
+#: (class, Hounsfield units, radii as fractions of the body's half-axes (x, y) and of Z, centre (x, y, z) fractions)
+_CT_ORGANS = ((1, 60, (0.45, 0.45, 0.30), (0.32, 0.42, 0.55)),    # liver: large, right-anterior (low x = right)
+              (2, 160, (0.10, 0.16, 0.12), (0.30, 0.66, 0.42)),    # kidneys (enhanced cortex), both sides
+              (2, 160, (0.10, 0.16, 0.12), (0.70, 0.66, 0.40)),
+              (3, 50, (0.16, 0.22, 0.15), (0.72, 0.52, 0.58)))     # spleen: left-posterior
+
+
+def make_ct_case(seed, shape: Sequence[int] = (512, 512, 300),
+                 spacing: Sequence[float] = (0.8, 0.8, 1.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An abdominal-CT-like volume: ``(image int16 HU, label uint8 (CT_CLASSES), RAS affine)``.
+
+    Air (-1000 HU) around an elliptic body outline (subcutaneous fat -100 HU, soft
+    tissue 40 HU), a vertebral body (bone 400-700 HU) behind, liver (60 HU), two
+    contrast-enhanced kidneys (160 HU) and a spleen (50 HU) as ellipsoids with seeded
+    size and position, Gaussian noise of 12 HU.  Organs are drawn in their bounding boxes
+    and noise is added slab by slab, so a 512x512x300 case needs ~0.5 GB and a few seconds.
+    """
+    rng = np.random.default_rng(seed)
+    X, Y, Z = (int(s) for s in shape)
+    ax, ay = 0.44 * X * rng.uniform(0.9, 1.0), 0.34 * Y * rng.uniform(0.85, 1.0)
+    cx, cy = X / 2 + rng.uniform(-0.02, 0.02) * X, Y / 2 + rng.uniform(-0.02, 0.02) * Y
+    u = (np.arange(X) - cx)[:, None] / ax
+    v = (np.arange(Y) - cy)[None, :] / ay
+    r2 = u ** 2 + v ** 2
+    plane = np.full((X, Y), -1000, np.int16)
+    plane[r2 <= 1.0] = -100
+    plane[r2 <= 0.86 ** 2] = 40
+    spine = ((np.arange(X) - cx)[:, None] ** 2 + (np.arange(Y) - (cy + 0.62 * ay))[None, :] ** 2) <= (0.13 * ay) ** 2
+    plane[spine] = 500
+    image = np.repeat(plane[:, :, None], Z, axis=2)
+    label = np.zeros((X, Y, Z), np.uint8)
+    for cls, hu, radii, centre in _CT_ORGANS:
+        rad = np.array([radii[0] * ax, radii[1] * ay, radii[2] * Z]) * rng.uniform(0.85, 1.15, 3)
+        ctr = np.array([cx - ax + 2 * ax * centre[0], cy - ay + 2 * ay * centre[1], Z * centre[2]])
+        ctr += rng.uniform(-0.04, 0.04, 3) * np.array([ax, ay, Z])
+        lo = np.maximum(np.floor(ctr - rad).astype(int), 0)
+        hi = np.minimum(np.ceil(ctr + rad).astype(int) + 1, [X, Y, Z])
+        if np.any(hi <= lo):
+            continue
+        g = [((np.arange(lo[k], hi[k]) - ctr[k]) / rad[k]) for k in range(3)]
+        inside = (g[0][:, None, None] ** 2 + g[1][None, :, None] ** 2 + g[2][None, None, :] ** 2) <= 1.0
+        box = tuple(slice(lo[k], hi[k]) for k in range(3))
+        image[box][inside] = hu
+        label[box][inside] = cls
+    step = max(1, (1 << 22) // max(1, X * Y))
+    for z in range(0, Z, step):
+        slab = image[:, :, z:z + step]
+        noise = rng.standard_normal(slab.shape, dtype=np.float32) * 12.0
+        np.add(slab, noise, out=noise)
+        slab[...] = np.clip(noise, -1024, 3071).astype(np.int16)
+    affine = np.diag([float(spacing[0]), float(spacing[1]), float(spacing[2]), 1.0])
+    return image, label, affine
+
+
+def make_ct_dataset(folder: str | Path, n_cases: int, shape: Sequence[int] = (512, 512, 300),
+                    spacing: Sequence[float] = (0.8, 0.8, 1.0), seed: int = 0, start: int = 0,
+                    suffix: str = ".nii.gz") -> Path:
+    """Write (or complete) an MSD-layout folder of ``n_cases`` :func:`make_ct_case` volumes (int16, uint8 labels).
+
+    Case ``i`` is ``ct_{i:03d}`` from seed ``(seed, i)``; cases ``< start`` or already on disk
+    are not rewritten, so a larger pool extends a smaller one.  Returns ``folder``.
+    """
+    folder = Path(folder)
+    training = []
+    for i in range(n_cases):
+        name = f"ct_{i:03d}{suffix}"
+        img, lab = folder / "imagesTr" / name, folder / "labelsTr" / name
+        if i >= start and not (img.is_file() and lab.is_file()):
+            image, label, affine = make_ct_case((seed, i), shape, spacing)
+            write_volume(lab, label, affine)
+            write_volume(img, image, affine)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {"name": "ASSFTSyntheticCT", "description": "Synthetic abdominal-CT-like volumes (ASSFTLib.synthetic)",
+            "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {str(i): c for i, c in enumerate(CT_CLASSES)},
+            "seed": seed, "numTraining": n_cases, "numTest": 0, "training": training, "test": []}
+    atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=1) + "\n")
+    return folder

@@ -1,4 +1,4 @@
-"""`assft benchmark`: label efficiency on real data and speed (``../shared/BENCHMARK.md``)."""
+"""`assft benchmark`: label efficiency on real data, speed and scale (``../shared/BENCHMARK.md``)."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,23 @@ def add_parser(sub) -> None:
     sp.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     sp.set_defaults(func=run)
 
+    sc = bsub.add_parser("scale", help="CT-like pools of 8, 32 and 128 volumes: peak memory, volumes per hour",
+                         description="A real workspace over synthetic abdominal CTs (int16 HU) per pool size: one "
+                                     "fine-tuning round on every volume and scoring of a few, each unit in its own "
+                                     "process (peak RSS, seconds), plus one 512x512x300 CT scored against its bare "
+                                     "network passes. Resumable: a rerun skips finished units.")
+    sc.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="folder for scale_cpu.json")
+    sc.add_argument("--work", type=Path, default=Path("runs/scale"), help="folder for the pool, workspaces, state")
+    sc.add_argument("--pools", default="8,32,128", help="pool sizes (default: %(default)s)")
+    sc.add_argument("--shape", default="192,192,128",
+                    help="pool volume size X,Y,Z at 1.5x1.5x2 mm, or one per pool separated by '/'")
+    sc.add_argument("--only", help="run only these unit kinds (comma-separated: data,train,score,clinical)")
+    sc.add_argument("--clinical-shape", default="512,512,300", help="the clinical CT scored (0.8x0.8x1 mm), or none")
+    sc.add_argument("--steps", type=int, default=20, help="fine-tuning steps per round")
+    sc.add_argument("--score-volumes", type=int, default=2, help="volumes scored per pool")
+    sc.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    sc.set_defaults(func=run)
+
 
 def _size(text: str) -> tuple[int, int, int] | None:
     if text.lower() == "none":
@@ -108,6 +125,16 @@ def run(args: argparse.Namespace) -> int:
     set_threads(max(1, args.threads))
     from ..settings import Settings
     command = ["assft", *sys.argv[1:]]
+    if args.benchmark == "scale":
+        from ..benchmark import scale
+        pools = tuple(int(v) for v in args.pools.split(","))
+        shapes = [_size(v) for v in args.shape.split("/")]
+        result = scale.run(args.out, args.work, pools, shapes if len(shapes) > 1 else shapes[0],
+                           _size(args.clinical_shape), threads=args.threads, steps=args.steps,
+                           score_volumes=args.score_volumes, command=command,
+                           only=args.only.split(",") if args.only else None)
+        print(scale.format_table(result))
+        return 0
     if args.benchmark == "speed":
         from ..benchmark import speed
         result = speed.run(args.out, Settings(device=args.device, num_threads=args.threads),

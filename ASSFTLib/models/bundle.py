@@ -135,8 +135,45 @@ def _bundle_spec(folder: Path) -> ModelSpec:
         if key not in kwargs and key in params and params[key].default is not inspect.Parameter.empty:
             kwargs[key] = params[key].default
     out = int(kwargs.get("out_channels", 2))
-    return ModelSpec(name, kwargs, _bundle_classes(folder, out), default_preprocessing(),
+    return ModelSpec(name, kwargs, _bundle_classes(folder, out), bundle_preprocessing(config, cfg_path),
                      _bundle_patch_size(config, cfg_path), True, "segmentation")
+
+
+def _transforms(config: Mapping) -> list:
+    pre = config.get("preprocessing")
+    items = pre.get("transforms") if isinstance(pre, dict) else pre
+    return [t for t in items if isinstance(t, dict)] if isinstance(items, list) else []
+
+
+def bundle_preprocessing(config: Mapping, cfg_path: Path) -> dict:
+    """The ``preprocess`` dict a bundle's ``preprocessing`` transforms describe (read, never run).
+
+    ``Spacingd(pixdim)`` -> ``target_spacing``; ``ScaleIntensityRanged(a_min, a_max, b_min=0, b_max=1)``
+    -> ``ct`` with ``clip=[a_min, a_max]``; ``NormalizeIntensityd`` -> ``zscore`` (per volume) or, with
+    ``subtrahend``/``divisor``, ``ct_zscore`` with those statistics after the range's clip.
+    Without these entries: the default (per-volume z-score, no resampling).
+    """
+    prep = default_preprocessing()
+    for t in _transforms(config):
+        name = str(t.get("_target_", "")).rsplit(".", 1)[-1]
+        try:
+            args = {k: _plain_value(v, config, cfg_path) for k, v in t.items() if not k.startswith("_")}
+        except CheckpointError:
+            continue
+        if name in ("Spacingd", "Spacing") and isinstance(args.get("pixdim"), list) and len(args["pixdim"]) == 3:
+            prep["target_spacing"] = [float(v) for v in args["pixdim"]]
+        elif name in ("ScaleIntensityRanged", "ScaleIntensityRange"):
+            if float(args.get("b_min", 0)) != 0.0 or float(args.get("b_max", 1)) != 1.0:
+                raise CheckpointError(f"bundle intensity range maps to [{args.get('b_min')}, {args.get('b_max')}]; "
+                                      "ASSFT reproduces only [0, 1]", path=cfg_path,
+                                      hint="use a bundle whose ScaleIntensityRanged has b_min=0, b_max=1")
+            prep.update(normalize="ct", clip=[float(args["a_min"]), float(args["a_max"])])
+        elif name in ("NormalizeIntensityd", "NormalizeIntensity"):
+            if args.get("subtrahend") is not None and args.get("divisor") is not None and prep["clip"]:
+                prep.update(normalize="ct_zscore", mean=float(args["subtrahend"]), std=float(args["divisor"]))
+            elif prep["normalize"] != "ct":
+                prep["normalize"] = "zscore"
+    return prep
 
 
 def bundle_weights(folder: Path) -> Path:

@@ -25,6 +25,7 @@ from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoise
 
 from .. import ssft
 from ..errors import ASSFTError, GeometryError, LabelError, VolumeError
+from .cache import CachedCase
 
 
 @dataclass
@@ -138,27 +139,39 @@ class PatchSampler:
         self.transform = Compose(steps)
         self.transform.set_random_state(seed=seed)
 
-    def prepare(self, case: TrainCase) -> TrainCase:
-        """``case`` zero-padded to at least the patch size, with its foreground voxels listed (done once per case)."""
+    def prepare(self, case):
+        """``case`` zero-padded to at least the patch size, with its foreground voxels listed (done once per case).
+
+        A :class:`~ASSFTLib.training.cache.CachedCase` stays on disk: it is padded virtually and its
+        foreground list is the cache's; patches are read from it one at a time.
+        """
+        if isinstance(case, CachedCase):
+            return case.padded(self.patch)
         pad = SpatialPad(self.patch)
         image, label, weight = (_plain(pad(t)) for t in (case.image, case.label, case.weight))
         foreground = torch.nonzero((label[0] > 0) & (weight[0] > 0)) if self.fg_fraction > 0 else None
         return TrainCase(case.case_id, image, label, weight, foreground)
 
-    def _start(self, case: TrainCase, rng: np.random.Generator) -> List[int]:
-        shape = case.image.shape[1:]
+    def _start(self, case, rng: np.random.Generator) -> List[int]:
+        cached = isinstance(case, CachedCase)
+        shape = case.padded_shape if cached else case.image.shape[1:]
         high = [s - p for s, p in zip(shape, self.patch)]
-        fg = case.foreground
-        if fg is not None and len(fg) and rng.random() < self.fg_fraction:
-            centre = fg[int(rng.integers(len(fg)))].tolist()
+        n_fg = (case.n_foreground if self.fg_fraction > 0 else 0) if cached else (
+            0 if case.foreground is None else len(case.foreground))
+        if n_fg and rng.random() < self.fg_fraction:
+            i = int(rng.integers(n_fg))
+            centre = case.foreground(i) if cached else case.foreground[i].tolist()
             return [int(min(max(c - p // 2, 0), h)) for c, p, h in zip(centre, self.patch, high)]
         return [int(rng.integers(h + 1)) for h in high]
 
-    def patch_of(self, case: TrainCase, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+    def patch_of(self, case, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
         """One augmented patch of a prepared case: {"image", "label", "weight"}, each (1, *patch_size)."""
         start = self._start(case, rng)
-        window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-        item = {"image": case.image[window], "label": case.label[window], "weight": case.weight[window]}
+        if isinstance(case, CachedCase):
+            item = case.window(start, self.patch)
+        else:
+            window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, self.patch))
+            item = {"image": case.image[window], "label": case.label[window], "weight": case.weight[window]}
         return {k: _plain(v) for k, v in self.transform(item).items()}
 
     def batch(self, cases: Sequence[TrainCase], batch_size: int,

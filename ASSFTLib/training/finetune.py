@@ -27,7 +27,8 @@ from ..pseudo import accepted_pseudo_labels, select_round_pseudo
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
 from ..workspace.paths import check_job_dir
-from .data import PatchSampler, TrainCase, label_problems, load_labeled_case, pseudo_case, raise_label_problems
+from .cache import CachedCase, cached_labeled_case, cached_pseudo_case, prune
+from .data import PatchSampler, label_problems, raise_label_problems
 from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, remove_if_empty,
                    restore_state, run_steps)
 from .losses import MaskedDiceCELoss
@@ -173,13 +174,17 @@ def _plan_round(ws, settings: Settings, start: _Start) -> dict:
 
 
 def _prepare_cases(ws, settings: Settings, start: _Start, plan: dict, job_dir: Path, progress: Progress,
-                   should_stop: ShouldStop) -> Tuple[List[TrainCase], List[TrainCase]]:
-    """The planned labeled (and promoted) cases and pseudo-labeled cases, every label checked before any step."""
+                   should_stop: ShouldStop) -> Tuple[List[CachedCase], List[CachedCase]]:
+    """The planned labeled (and promoted) cases and pseudo-labeled cases, every label checked before any step.
+
+    Each is prepared once into the workspace's training cache (:mod:`.cache`: on disk, read a
+    patch at a time), so the round's memory does not grow with the number of volumes.
+    """
     prep, num_classes = start.spec.preprocessing, len(ws.classes)
     n_prepare = len(plan["train"]) + len(plan["promoted"]) + len(plan["pseudo"])
     done = 0
 
-    def prepared(case: TrainCase) -> TrainCase:
+    def prepared(case: CachedCase) -> CachedCase:
         nonlocal done
         done += 1
         if should_stop is not None and should_stop():
@@ -189,10 +194,11 @@ def _prepare_cases(ws, settings: Settings, start: _Start, plan: dict, job_dir: P
             progress(done, n_prepare, {"phase": "prepare", "case": case.case_id})
         return case
 
+    folder = ws.paths.cache / "train"
     labeled, problems = [], []
     for c, label_path in [(c, ws.label_path(c)) for c in plan["train"]] + list(plan["promoted"].items()):
         try:
-            labeled.append(prepared(load_labeled_case(c, ws.image_path(c), label_path, prep, num_classes)))
+            labeled.append(prepared(cached_labeled_case(folder, c, ws.image_path(c), label_path, prep, num_classes)))
         except (VolumeError, GeometryError, LabelError) as exc:
             problems.append(exc)
     problems += label_problems(ws, plan["heldout"], num_classes)
@@ -200,13 +206,9 @@ def _prepare_cases(ws, settings: Settings, start: _Start, plan: dict, job_dir: P
     if not labeled:
         raise WorkspaceError("every labeled volume is held out; nothing left to train on", path=ws.folder,
                              hint="set kfold_min_labels to 0 or label more volumes")
-    pseudo = []
-    if plan["pseudo"]:
-        from ..inference import predict_probs
-        from ..volumes import read_volume
-        for c in plan["pseudo"]:
-            probs = predict_probs(start.teacher, read_volume(ws.image_path(c)), settings)
-            pseudo.append(prepared(pseudo_case(c, ws.image_path(c), probs, prep, settings.voxel_confidence)))
+    pseudo = [prepared(cached_pseudo_case(folder, c, ws.image_path(c), start.teacher, settings, prep))
+              for c in plan["pseudo"]]
+    prune(folder, labeled + pseudo)
     return labeled, pseudo
 
 
@@ -312,7 +314,7 @@ def _train_mode(network: nn.Module, frozen_prefixes: Sequence[str] = ()) -> None
                 module.eval()
 
 
-def _segmentation_loss(network: nn.Module, labeled: Sequence[TrainCase], pseudo: Sequence[TrainCase],
+def _segmentation_loss(network: nn.Module, labeled: Sequence[CachedCase], pseudo: Sequence[CachedCase],
                        settings: Settings, device: str, first: int, total: int) -> StepLoss:
     """One step's loss: DiceCE(labeled) + lambda(t) * masked DiceCE(pseudo), on seeded random patches."""
     sup_loss = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -345,7 +345,7 @@ def select(strategy: str, records: list[dict], labeled_z: np.ndarray, budget: in
     head = n > 0 and all(r.get("has_task_head") for r in records)
     pool = strategies.Pool(zt, labeled_z, scores, has_task_head=head)
     params = strategies.QueryParams(budget, settings.query_weight, settings.diversity_gamma, settings.seed,
-                                    settings.diversity_scale)
+                                    settings.diversity_scale, settings.cold_start)
     return entry.select(pool, params)
 
 

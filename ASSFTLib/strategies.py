@@ -61,6 +61,7 @@ class QueryParams:
     gamma: float = 1.0
     seed: int = 0
     diversity_scale: str = "distance"
+    cold_start: str = "typical"
 
 
 Selector = Callable[[Pool, QueryParams], query.Selection]
@@ -155,9 +156,15 @@ register(Strategy(
 register(Strategy(
     "asd", lambda pool, p: query.asd_select(pool.get("asd"), p.budget), ("asd",), (),
     "foreground-ROI entropy only, highest first", "#e377c2"))
+def _atsq(pool: Pool, p: QueryParams) -> query.Selection:
+    """ATSQ; while the model has no task head, ``p.cold_start``: typical (default) or DKD only."""
+    if not pool.has_task_head and p.cold_start == "typical":
+        return query.typical_select(pool.zt, pool.labeled_z, p.budget, p.seed)
+    return query.atsq_select(pool.get("K"), pool.get("asd"), pool.zt, pool.labeled_z, p.budget, p.weight, p.gamma,
+                             has_task_head=pool.has_task_head, diversity_scale=p.diversity_scale)
+
+
 register(Strategy(
-    "atsq", lambda pool, p: query.atsq_select(pool.get("K"), pool.get("asd"), pool.zt, pool.labeled_z, p.budget,
-                                              p.weight, p.gamma, has_task_head=pool.has_task_head,
-                                              diversity_scale=p.diversity_scale),
-    (), ("K", "asd"), "(w K + (1-w) ASD) times diversity, greedy: the method", "#1f77b4",
-    cold_start="dkd", ssft_arm="assft", ssft_color="#d62728"))
+    "atsq", _atsq, (), ("K", "asd"),
+    "(w K + (1-w) ASD) times diversity, greedy: the method (typical volumes first while there is no task head)",
+    "#1f77b4", cold_start="typical", ssft_arm="assft", ssft_color="#d62728"))

@@ -32,8 +32,9 @@ def add_parser(sub) -> None:
                     help="test: the reported test cases; validation: 20 pool cases held out for tuning method "
                          "choices (the pool loses them) (default: %(default)s)")
     le.add_argument("--cold-start", metavar="RULE",
-                    help="an ablation: this rule (a strategy that needs no head, e.g. typical, random, coreset) "
-                         "replaces the DKD cold start of ATSQ, ASSFT and DKD with the self-supervised foundation")
+                    help="an ablation: this rule (a strategy that needs no head, e.g. dkd, random, coreset) "
+                         "replaces the cold start of ATSQ, ASSFT and DKD with the self-supervised foundation "
+                         "(default: typical for ATSQ and ASSFT, dkd for DKD)")
     le.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="an ablation: change one setting of every arm (repeatable; e.g. diversity_scale=rank); "
                          "the run's units and result files are named after the changes")

@@ -148,7 +148,7 @@ def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
                 p = r["pseudo"]
                 assert 0 <= p["admitted"] <= 2 * (r["labels"] - profile.budget)
                 assert len(p["dice"]) == p["admitted"] and all(0.0 <= d <= 1.0 for d in p["dice"].values())
-    # ATSQ and ASSFT replay the same DKD cold start
+    # ATSQ and ASSFT replay the same (typical) cold start
     assert unit["strategies"]["atsq"]["rounds"][0] == unit["strategies"]["assft"]["rounds"][0]
     ub = unit["upper_bound"]
     assert ub["labels"] == profile.sizes["pool"] and ub["steps"] == profile.upper_steps
@@ -256,11 +256,11 @@ def test_cold_start_rule_by_foundation_and_ablation(tmp_path):
     from ASSFTLib.benchmark.label_efficiency.rounds import RunConfig
     profile = le.PROFILES["quick"]
     plain = RunConfig(tmp_path, profile, le.Settings())
-    assert [le.cold_start_rule(plain, le.STRATEGIES[n]) for n in ("random", "coreset", "atsq", "assft", "asd")] == \
-        ["random", "coreset", "dkd", "dkd", "random"]
-    ablation = RunConfig(tmp_path, profile, le.Settings(), cold_start="typical")
+    assert [le.cold_start_rule(plain, le.STRATEGIES[n]) for n in ("random", "coreset", "atsq", "assft", "asd", "dkd")] \
+        == ["random", "coreset", "typical", "typical", "random", "dkd"]
+    ablation = RunConfig(tmp_path, profile, le.Settings(), cold_start="dkd")
     assert [le.cold_start_rule(ablation, le.STRATEGIES[n]) for n in ("random", "coreset", "atsq", "assft", "dkd")] \
-        == ["random", "coreset", "typical", "typical", "typical"]
+        == ["random", "coreset", "dkd", "dkd", "dkd"]
     supervised = RunConfig(tmp_path, profile, le.Settings(), foundation="supervised")
     assert [le.cold_start_rule(supervised, le.STRATEGIES[n]) for n in ("random", "asd", "assft")] == \
         ["random", "asd", "atsq"]
@@ -268,8 +268,8 @@ def test_cold_start_rule_by_foundation_and_ablation(tmp_path):
     names = {plain.unit_name("multisite", 0), ablation.unit_name("multisite", 0),
              supervised.unit_name("multisite", 0), supervised.unit_name("multisite", 0, "validation")}
     assert plain.unit_name("multisite", 0) == "multisite_seed0" and len(names) == 4
-    assert le.result_stem("medium", "supervised", "validation", "typical") == \
-        "label_efficiency_medium_supervised_validation_cold-typical"
+    assert le.result_stem("medium", "supervised", "validation", "dkd") == \
+        "label_efficiency_medium_supervised_validation_cold-dkd"
 
 
 def test_full_profile_runs_five_seeds_of_the_method_and_anchors_and_three_of_the_rest():

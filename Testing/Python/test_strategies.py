@@ -94,7 +94,26 @@ def test_one_registry_entry_reaches_settings_ranking_benchmark_and_plot(monkeypa
 def test_benchmark_arms_are_the_registry_plus_ssft_variants():
     assert list(le.STRATEGIES) == ["random", "entropy", "bald", "coreset", "typical", "dkd", "asd", "atsq",
                                    "random+ssft", "assft"]
-    assert le.STRATEGIES["assft"] == le.Strategy("assft", "atsq", True, "dkd")
+    assert le.STRATEGIES["assft"] == le.Strategy("assft", "atsq", True, "typical")
     assert {a.cold_start for a in le.STRATEGIES.values()} <= set(strategies.names())
     with pytest.raises(ValueError, match="unknown measurements"):
         strategies.register(strategies.Strategy("x", lambda pool, p: None, ("dice",), (), "", ""))
+
+
+def test_atsq_cold_start_is_typical_by_default_and_dkd_on_request():
+    """Without a task head ATSQ picks typical volumes (the validation-split choice); cold_start=dkd is SPEC's rule."""
+    records = [dict(r, has_task_head=False, asd=None) for r in _records(12)]
+    zt = np.asarray([r["zt"] for r in records])
+    K = np.asarray([r["K"]["bnstats"] for r in records])
+    none = np.zeros((0, 5))
+    s = Settings(seed=3)
+    assert scoring.select("atsq", records, none, 2, s, "bnstats").order == \
+        query.typical_select(zt, none, 2, 3).order
+    assert scoring.select("atsq", records, none, 2, s.replace(cold_start="dkd"), "bnstats").order == \
+        query.dkd_select(K, zt, none, 2).order
+    # with a head, the setting changes nothing
+    headed = _records(12)
+    assert scoring.select("atsq", headed, none, 2, s, "bnstats").order == \
+        scoring.select("atsq", headed, none, 2, s.replace(cold_start="dkd"), "bnstats").order
+    with pytest.raises(ASSFTError, match="cold_start"):
+        Settings(cold_start="sideways")

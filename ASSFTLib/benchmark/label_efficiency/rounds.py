@@ -33,7 +33,7 @@ class RunConfig:
     base: Settings
     progress: Callable[[str], None] = print
     foundation: str = "self-supervised"   # protocol.FOUNDATIONS
-    cold_start: str | None = None         # replaces the DKD cold start of the ATSQ family (an ablation)
+    cold_start: str | None = None         # replaces the cold start of the ATSQ family (an ablation)
     variant: str = ""                     # names base-settings changes of an ablation (``--set``)
 
     def unit_name(self, setting: str, seed: int, evaluation: str = "test") -> str:
@@ -108,11 +108,11 @@ def foundation_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
 def cold_start_rule(cfg: RunConfig, strategy: Strategy) -> str:
     """The rule of a strategy's first query: its own when the foundation has a head, else its cold-start rule.
 
-    ``cfg.cold_start`` replaces the DKD cold start of the ATSQ family (ATSQ, ASSFT, DKD) for an ablation.
+    ``cfg.cold_start`` replaces the cold start of the ATSQ family (ATSQ, ASSFT, DKD) for an ablation.
     """
     if cfg.foundation == "supervised":
         return strategy.query
-    if cfg.cold_start and strategy.cold_start == "dkd":
+    if cfg.cold_start and strategy.query in ("atsq", "dkd"):
         return cfg.cold_start
     return strategy.cold_start
 

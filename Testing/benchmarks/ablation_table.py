@@ -89,12 +89,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--runs-commit", help="the commit the runs were made with (the table may be written later)")
+    ap.add_argument("--runs-command", action="append", default=[], help="a command that made the units (repeatable)")
     args = ap.parse_args(argv)
     table = rows(load(args.out))
     print(markdown(table))
     if args.json:
         write_json(args.json, {"benchmark": "label-efficiency ablations (validation split)",
                                **provenance(["python", "Testing/benchmarks/ablation_table.py", *sys.argv[1:]]),
+                               "runs_commit": args.runs_commit, "runs_commands": args.runs_command,
                                "rows": table})
     return 0
 

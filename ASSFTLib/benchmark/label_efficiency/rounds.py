@@ -313,6 +313,8 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         # the upper bound does not depend on the cold start: the run without the ablation may have it
         without = dataclasses.replace(cfg, cold_start=None).unit_name(prepared.setting, seed, prepared.evaluation)
         unit["upper_bound"] = (_read_unit(cfg.out / "units" / f"{without}.json") or {}).get("upper_bound")
+        if unit["upper_bound"] is not None:
+            write_json(unit_path, unit)
     if unit["upper_bound"] is None:
         cfg.progress(f"  {prepared.setting} seed {seed}: upper bound (all pool labels)")
         unit["upper_bound"] = upper_bound(cfg, run_dir, prepared, seed, foundation)

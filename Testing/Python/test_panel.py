@@ -11,6 +11,7 @@ worker.  Screenshots of the panel at each step go to ``Testing/screenshots/``
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import sys
 import time
@@ -40,7 +41,7 @@ def _versions():
 
 @pytest.fixture(scope="module")
 def hippo_subset(hippo_dir, tmp_path_factory) -> Path:
-    """An MSD-layout folder of the first hippocampus volumes (links to the real files, read by path)."""
+    """An MSD-layout folder of the first hippocampus volumes (copies: a dataset's links may not leave it)."""
     folder = tmp_path_factory.mktemp("hippo") / "Task04_Hippocampus"
     meta = json.loads((hippo_dir / "dataset.json").read_text())
     entries = meta["training"][:N_CASES]
@@ -48,7 +49,7 @@ def hippo_subset(hippo_dir, tmp_path_factory) -> Path:
         (folder / sub).mkdir(parents=True)
     for entry in entries:
         for key in ("image", "label"):
-            (folder / entry[key]).symlink_to(hippo_dir / entry[key])
+            shutil.copyfile(hippo_dir / entry[key], folder / entry[key])
     meta.update(training=entries, numTraining=len(entries))
     (folder / "dataset.json").write_text(json.dumps(meta))
     return folder

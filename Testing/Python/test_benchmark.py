@@ -225,6 +225,7 @@ def test_validation_split_is_carved_from_the_pool_never_the_test_cases():
     assert val == small.pool[-2:] and pool == small.pool[:-2]
 
 
+@pytest.mark.torch
 def test_supervised_foundation_on_the_validation_split_end_to_end(hippo_dir, tmp_path):
     """The model-from-another-site foundation: a head from round 0, so every arm starts with its own rule."""
     profile = dataclasses.replace(le.PROFILES["quick"], strategies=("random", "assft"), pretrain_steps=2,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch (no torch wheel for this Python)")
 from monai.inferers import sliding_window_inference
 
 from ASSFTLib import inference, models, preprocess, query, reductions, scoring, stitching, synthetic

@@ -56,6 +56,7 @@ def test_every_subcommand_has_a_description_and_every_argument_a_help():
     assert "import-labels" in sub.choices
 
 
+@pytest.mark.torch
 def test_rank_explains_its_columns_confirms_files_and_says_when_nothing_is_left(scored_ws, tmp_path):
     r = _assft("rank", scored_ws, "--csv", tmp_path / "ranked.csv")
     assert r.returncode == 0, r.stderr
@@ -76,6 +77,7 @@ def test_rank_explains_its_columns_confirms_files_and_says_when_nothing_is_left(
     assert not any(line.startswith("rank ") for line in r.stdout.splitlines())
 
 
+@pytest.mark.torch
 def test_job_commands_use_the_same_error_prefix_as_the_others(tmp_path):
     from ASSFTLib import synthetic
     data = synthetic.make_dataset(tmp_path / "data", 2, ("clean",), shape=SHAPE)
@@ -88,6 +90,7 @@ def test_job_commands_use_the_same_error_prefix_as_the_others(tmp_path):
     assert r.returncode == 1 and r.stderr.startswith("assft rank: error: ")
 
 
+@pytest.mark.torch
 def test_sigterm_during_score_says_how_to_continue(scored_ws, monkeypatch, capsys):
     """Stands in for a long scoring run: the scoring call sends this process SIGTERM and waits to be stopped."""
     import time
@@ -107,6 +110,7 @@ def test_sigterm_during_score_says_how_to_continue(scored_ws, monkeypatch, capsy
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
+@pytest.mark.torch
 def test_a_closed_pipe_ends_quietly(scored_ws):
     """`assft status WS --cases | head`: the reader goes away before the command writes."""
     proc = subprocess.Popen([sys.executable, "-m", "ASSFTLib.cli", "status", str(scored_ws), "--cases"],
@@ -117,6 +121,7 @@ def test_a_closed_pipe_ends_quietly(scored_ws):
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
+@pytest.mark.torch
 def test_init_takes_a_plain_state_dict_or_a_swin_ssl_checkpoint_with_a_spec(tmp_path):
     """Each way of bringing a model that the README names, through the real command."""
     import json

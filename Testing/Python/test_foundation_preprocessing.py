@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch (no torch wheel for this Python)")
 
 from ASSFTLib import models, synthetic
 from ASSFTLib.errors import ASSFTError, CheckpointError

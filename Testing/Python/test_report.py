@@ -131,6 +131,7 @@ def test_report_command_on_a_scored_workspace(tmp_path):
     assert "What the numbers mean" in page and "knowledge divergence" in page
 
 
+@pytest.mark.torch
 def test_report_names_refused_candidates_and_an_empty_worklist(tmp_path):
     from ASSFTLib.report import write_report
 

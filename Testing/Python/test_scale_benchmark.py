@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from ASSFTLib import synthetic
 from ASSFTLib.benchmark import scale
+
+pytestmark = pytest.mark.torch  # the units score and train in subprocesses
 
 
 def test_ct_case_has_hounsfield_tissues_and_organ_labels():

@@ -61,6 +61,7 @@ def rows(groups: dict) -> list[dict]:
             pseudo = [[(r.get("pseudo") or {}).get("admitted") for r in units[s]["strategies"][arm]["rounds"]]
                       for s in seeds]
             out.append({"foundation": foundation, "variant": variant, "arm": arm, "seeds": seeds,
+                        "cold_start": units[seeds[0]]["strategies"][arm].get("cold_start"),
                         "nauc_mean": float(np.mean(naucs)), "nauc_per_seed": naucs,
                         "labels": labels.tolist(), "dice_mean": dices.mean(axis=0).tolist(),
                         "nauc_vs_random": diff, "pseudo_admitted": pseudo,
@@ -72,15 +73,15 @@ def rows(groups: dict) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| foundation | variant | arm | seeds | nAUC (per seed) | Dice @2 / @4 / @6 / @10 | nAUC − random [95 % CI] |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| foundation | variant | arm | cold start | seeds | nAUC (per seed) | Dice @2 / @4 / @6 / @10 | "
+             "nAUC − random [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
         at = dict(zip(r["labels"], r["dice_mean"]))
         dice = " / ".join(f"{at[n]:.3f}" if n in at else "-" for n in (2.0, 4.0, 6.0, 10.0))
         d = r["nauc_vs_random"]
         diff = "" if not d else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
         per = ", ".join(f"{v:.3f}" for v in r["nauc_per_seed"])
-        lines.append(f"| {r['foundation']} | {r['variant']} | {r['arm']} | {len(r['seeds'])} | "
+        lines.append(f"| {r['foundation']} | {r['variant']} | {r['arm']} | {r['cold_start']} | {len(r['seeds'])} | "
                      f"{r['nauc_mean']:.3f} ({per}) | {dice} | {diff} |")
     return "\n".join(lines)
 

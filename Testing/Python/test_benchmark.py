@@ -244,6 +244,9 @@ def test_supervised_foundation_on_the_validation_split_end_to_end(hippo_dir, tmp
     for name, s in unit["strategies"].items():
         # the foundation segments already: the cold start is the arm's own query rule, not DKD
         assert s["cold_start"] == le.STRATEGIES[name].query
+        # ... and an SSFT arm's first round trains with SSFT, as a user's first `assft train` would
+        assert s["cold_ssft"] is le.STRATEGIES[name].ssft
+        assert ("pseudo" in s["rounds"][0]) is le.STRATEGIES[name].ssft
         for r in s["rounds"]:
             assert sorted(r["per_case"]) == sorted(val)
             assert not set(r["picked"]) & set(val), "a validation case was offered to the annotator"
@@ -251,6 +254,24 @@ def test_supervised_foundation_on_the_validation_split_end_to_end(hippo_dir, tmp
     (model,) = (tmp_path / "cache" / "foundation").glob("supervised_seed0_*.pt")
     from ASSFTLib.models import load_model
     assert load_model(model).spec.has_task_head
+
+
+def test_cold_ssft_only_for_ssft_arms_with_a_headed_foundation(tmp_path):
+    from ASSFTLib.benchmark.label_efficiency.rounds import RunConfig, cold_ssft
+    profile = le.PROFILES["quick"]
+    selfsup = RunConfig(tmp_path, profile, le.Settings())
+    supervised = RunConfig(tmp_path, profile, le.Settings(), foundation="supervised")
+    names = ("random", "random+ssft", "atsq", "assft")
+    assert [cold_ssft(selfsup, le.STRATEGIES[n]) for n in names] == [False] * 4
+    assert [cold_ssft(supervised, le.STRATEGIES[n]) for n in names] == [False, True, False, True]
+    # a supervised ASSFT result from before this rule is set aside and runs again; random's is kept
+    from ASSFTLib.benchmark.label_efficiency.rounds import supersede_stale
+    unit = {"strategies": {"random": {"rounds": []}, "assft": {"rounds": [1]}, "random+ssft": {"cold_ssft": True}}}
+    assert supersede_stale(supervised, unit, "random") == {"rounds": []}
+    assert supersede_stale(supervised, unit, "assft") is None
+    assert unit["superseded"] == {"assft": {"rounds": [1]}} and "assft" not in unit["strategies"]
+    assert supersede_stale(supervised, unit, "random+ssft") == {"cold_ssft": True}
+    assert supersede_stale(selfsup, {"strategies": {"assft": {"rounds": []}}}, "assft") == {"rounds": []}
 
 
 def test_cold_start_rule_by_foundation_and_ablation(tmp_path):

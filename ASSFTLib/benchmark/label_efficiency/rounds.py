@@ -211,19 +211,35 @@ class ColdStart:
     record: dict = field(default_factory=dict)
 
 
+def cold_ssft(cfg: RunConfig, strategy: Strategy) -> bool:
+    """Whether a strategy's first round trains with SSFT: when it uses SSFT and the foundation has a head.
+
+    As a user's first ``assft train`` does: with a model trained elsewhere, the
+    foundation's confident predictions are pseudo-label candidates from the
+    first round on; a self-supervised foundation has no head to make them.
+    """
+    return cfg.foundation == "supervised" and strategy.ssft
+
+
 def cold_start(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, rule: str,
-               foundation: Path) -> ColdStart:
-    """The cold-start round for one rule: query b volumes with the foundation, label, fine-tune (no SSFT)."""
-    settings = _settings_for(cfg, seed, STRATEGIES[rule], cfg.profile.cold_steps, ssft=False)
-    ws = _new_workspace(run_dir / f"cold_{rule}", prepared, settings, foundation)
+               foundation: Path, ssft: bool = False) -> ColdStart:
+    """The cold-start round for one rule: query b volumes with the foundation, label, fine-tune.
+
+    ssft: train with SSFT (:func:`cold_ssft`); the round then records the
+    admitted pseudo-labels' true Dice, as later rounds do.
+    """
+    settings = _settings_for(cfg, seed, STRATEGIES[rule], cfg.profile.cold_steps, ssft=ssft)
+    ws = _new_workspace(run_dir / (f"cold_{rule}" + ("_ssft" if ssft else "")), prepared, settings, foundation)
     t0 = time.perf_counter()
     picked = query_round(ws, settings)
     t_query = time.perf_counter() - t0
     annotate(ws, picked)
-    _, t_train = _finetune(ws, settings)
+    result, t_train = _finetune(ws, settings)
     model = ws.current_model().path
     record = {"round": 0, "labels": len(picked), "picked": picked, "query_seconds": t_query,
               "train_seconds": t_train, **_evaluate(model, prepared.test, settings)}
+    if ssft:
+        record["pseudo"] = pseudo_quality(foundation, result["metrics"]["pseudo_ids"], ws, settings)
     ws.close()
     return ColdStart(picked, model, {}, record)
 
@@ -294,18 +310,21 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         # where the curves start: the model trained elsewhere, on the target scanners, before any target label
         unit["foundation_eval"] = {"labels": 0, **_evaluate(foundation, prepared.test, cfg.base.replace(seed=seed))}
         write_json(unit_path, unit)
-    colds: dict[str, ColdStart] = {}
+    colds: dict[tuple, ColdStart] = {}
     for name in cfg.profile.strategies:
-        if name in unit["strategies"] or seed >= cfg.profile.seeds_of(name):
-            continue
         strategy = STRATEGIES[name]
+        done = supersede_stale(cfg, unit, name)
+        if done is not None or seed >= cfg.profile.seeds_of(name):
+            continue
         rule = cold_start_rule(cfg, strategy)
-        if rule not in colds:
-            cfg.progress(f"  {prepared.setting} seed {seed}: cold start by {rule}")
-            colds[rule] = cold_start(cfg, run_dir, prepared, seed, rule, foundation)
+        group = (rule, cold_ssft(cfg, strategy))
+        if group not in colds:
+            cfg.progress(f"  {prepared.setting} seed {seed}: cold start by {rule}" + (" with SSFT" if group[1] else ""))
+            colds[group] = cold_start(cfg, run_dir, prepared, seed, rule, foundation, ssft=group[1])
         t0 = time.perf_counter()
-        res = run_strategy(cfg, run_dir, prepared, seed, strategy, foundation, colds[rule])
+        res = run_strategy(cfg, run_dir, prepared, seed, strategy, foundation, colds[group])
         res["cold_start"] = rule
+        res["cold_ssft"] = group[1]
         res["seconds"] = time.perf_counter() - t0
         unit["strategies"][name] = res
         write_json(unit_path, unit)
@@ -320,6 +339,20 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         unit["upper_bound"] = upper_bound(cfg, run_dir, prepared, seed, foundation)
         write_json(unit_path, unit)
     return unit
+
+
+def supersede_stale(cfg: RunConfig, unit: dict, name: str) -> dict | None:
+    """The unit's result for arm ``name``, or None when it must run (again).
+
+    A result made before an SSFT arm's first round trained with SSFT under a
+    headed foundation (:func:`cold_ssft`, a protocol change) is moved to
+    ``unit["superseded"]`` (kept for the record, not reported) and runs again.
+    """
+    done = unit["strategies"].get(name)
+    if done is not None and cold_ssft(cfg, STRATEGIES[name]) and not done.get("cold_ssft"):
+        unit.setdefault("superseded", {})[name] = unit["strategies"].pop(name)
+        return None
+    return done
 
 
 def _read_unit(path: Path) -> dict | None:

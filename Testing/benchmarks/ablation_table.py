@@ -36,6 +36,9 @@ def load(out: Path) -> dict:
         parts = [p for p in m.group("rest").split("_") if p not in ("supervised", "validation")]
         variant = "_".join(parts) or "default"
         key = (unit.get("foundation", "self-supervised"), variant)
+        # an arm re-run under a changed protocol keeps its earlier result under "superseded": a row of its own
+        for arm, res in unit.get("superseded", {}).items():
+            unit["strategies"][f"{arm} (first round without SSFT)"] = {**res, "cold_ssft": False}
         groups.setdefault(key, {})[int(m.group("seed"))] = unit
     return groups
 
@@ -62,6 +65,7 @@ def rows(groups: dict) -> list[dict]:
                       for s in seeds]
             out.append({"foundation": foundation, "variant": variant, "arm": arm, "seeds": seeds,
                         "cold_start": units[seeds[0]]["strategies"][arm].get("cold_start"),
+                        "first_round_ssft": units[seeds[0]]["strategies"][arm].get("cold_ssft", False),
                         "nauc_mean": float(np.mean(naucs)), "nauc_per_seed": naucs,
                         "labels": labels.tolist(), "dice_mean": dices.mean(axis=0).tolist(),
                         "nauc_vs_random": diff, "pseudo_admitted": pseudo,

@@ -349,14 +349,14 @@ def _segmentation_loss(network: nn.Module, labeled: Sequence[CachedCase], pseudo
 
 def _heldout_dice(network: nn.Module, spec, ws, case_ids: Sequence[str], settings: Settings) -> Dict[str, float]:
     """Mean foreground Dice of ``network`` on each held-out labeled case (original grid, test-time averaged)."""
-    from ..inference import predict_probs
+    from ..inference import predict_label
     from ..metrics import mean_dice
     from ..models import LoadedModel, LoadReport
     from ..volumes import read_volume
     model = LoadedModel(network.eval(), spec, LoadReport(), "", None)
     out = {}
     for case_id in case_ids:
-        probs = predict_probs(model, read_volume(ws.image_path(case_id)), settings)
+        label, _ = predict_label(model, read_volume(ws.image_path(case_id)), settings)
         truth = read_volume(ws.label_path(case_id), kind="label").array
-        out[case_id] = mean_dice(np.argmax(probs, axis=0), truth, len(ws.classes))
+        out[case_id] = mean_dice(label, truth, len(ws.classes))
     return out

@@ -87,8 +87,9 @@ def loader_workers(settings, device: DeviceLike) -> int:
     """Processes that read and augment training patches (``settings.loader_workers``; -1: automatic).
 
     Automatic: none on the CPU, where the training step itself takes the cores (about 0.4 s
-    per step of two 48x64x64 patches on one core, against a few ms to read and augment them
-    from the memory-mapped cache) and every worker would be another process importing torch;
+    per step of two 48x64x64 patches on one core, against about 22 ms to read and augment
+    them from the memory-mapped cache: 5 %) and every worker would be another process
+    importing torch on the same cores;
     beside a GPU, where a step takes milliseconds and the CPU-side augmentation (affine
     resampling) becomes the bottleneck, up to :data:`AUTO_LOADER_WORKERS`, leaving half the
     cores to the main process.

@@ -73,7 +73,7 @@ def test_a_resumed_run_gets_the_batches_of_an_uninterrupted_one(tmp_path):
 def test_workers_started_with_spawn_give_the_same_batches(tmp_path):
     """What crosses to a spawned worker (sampler, cache entries) pickles, and the batches do not change."""
     batches = _batches(tmp_path, total=3)
-    _same(_collect(batches, 0), _collect(batches, 2, context="spawn"))
+    _same(_collect(batches, 0), _collect(batches, 1, context="spawn"))  # one worker: each imports torch anew
 
 
 def _alive(pid: int) -> bool:

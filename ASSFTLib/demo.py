@@ -90,7 +90,7 @@ def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed
 def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int,
              progress: Callable[[int, int, dict], None] | None = None) -> np.ndarray:
     """Per-class Dice (mean over the test cases) of a checkpoint; shape (C - 1,)."""
-    from .inference import predict_probs
+    from .inference import predict_label
     from .dataset import load_dataset
     from .volumes import read_volume
     from .metrics import dice_per_class
@@ -101,8 +101,8 @@ def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classe
     for i, c in enumerate(cases):
         if progress is not None:
             progress(i, len(cases), {"case": c.case_id})
-        probs = predict_probs(model, read_volume(c.image), settings)
-        scores.append(dice_per_class(np.argmax(probs, axis=0), read_volume(c.label, kind="label").array, num_classes))
+        label, _ = predict_label(model, read_volume(c.image), settings)
+        scores.append(dice_per_class(label, read_volume(c.label, kind="label").array, num_classes))
     if progress is not None:
         progress(len(cases), len(cases), {})
     return np.mean(scores, axis=0)

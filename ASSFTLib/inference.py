@@ -4,7 +4,11 @@
 Gaussian blending) per test-time flip (identity, then a flip along each axis:
 T = 4) and averages the softmax maps window by window
 (:func:`stitching.flip_mean`), so a clinical CT never holds more than the mean
-map, one count map and the image.  During the identity pass, forward hooks on
+map on the network's grid, one band of window counts and the image on that grid
+(a volume the network sees on its own grid is not copied at all: each window is
+read and normalised as it is cut).  Scoring reduces the mean where it is restored
+to the volume's grid, slab by slab (``probs_view``); :func:`predict_label` restores
+only the argmax and the confidence, slab by slab.  During the identity pass, forward hooks on
 the same network calls gather
 
 - the bottleneck embedding z(x): global average of the deepest encoder feature
@@ -18,7 +22,7 @@ frozen foundation E0, or a network without a task head), the forward pass is
 cut short right after the bottleneck, so the decoder never runs.
 
 Tensors are ``(B, C, X, Y, Z)``; returned arrays are numpy on the CPU, on the
-volume's own grid ``(C, X, Y, Z)``.
+volume's own grid ``(C, X, Y, Z)`` (or a ``preprocess.RestoredView`` of it).
 """
 from __future__ import annotations
 
@@ -175,8 +179,23 @@ def window_size(spec: "models.ModelSpec", spatial_shape) -> tuple[int, int, int]
     return tuple(min(int(p), -(-int(s) // d) * d) for p, s, d in zip(spec.patch_size, spatial_shape, divisor))
 
 
+def network_input(volume, preprocessing: dict, device) -> tuple:
+    """(image the windows are cut from, ``preprocess.Restorer``) for ``volume``.
+
+    A volume resampled to the network's spacing is prepared whole (slab by slab, on the
+    smaller grid); one the network sees on its own grid is a ``stitching.Region`` that
+    normalises each window as it is cut (the same numbers; no float32 copy of the volume).
+    """
+    if preprocess.target_shape(volume, preprocessing) == tuple(volume.shape):
+        region = stitching.Region(volume.shape, preprocess.normalized_region(volume.array, preprocessing), device)
+        return region, preprocess.Restorer(tuple(volume.shape), tuple(volume.shape))
+    image, restore = preprocess.prepare_image(volume, preprocessing)
+    return image.to(device=device, dtype=torch.float32), restore
+
+
 def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, with_probs: bool = True,
-                   with_norm_stats: bool = False, mc_samples: int = 0, full_patch: bool = False) -> ForwardResult:
+                   with_norm_stats: bool = False, mc_samples: int = 0, full_patch: bool = False,
+                   probs_view: bool = False) -> ForwardResult:
     """One sliding-window pass per test-time flip of ``loaded`` over ``volume`` (an ``io.Volume``).
 
     full_patch: use the model's whole patch as the window even for a volume
@@ -188,21 +207,24 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
         it only the identity pass runs, cut short after the bottleneck.
     with_norm_stats: gather encoder normalisation-layer input statistics.
     mc_samples: extra identity passes with dropout on, for BALD (0: none).
+    probs_view: return ``probs`` as a ``preprocess.RestoredView`` (restored to the volume's grid
+        slab by slab as it is read) instead of the whole restored map: scoring reduces it
+        slab by slab and never holds a full-grid map of a resampled volume.
     """
     network, spec = loaded.network, loaded.spec
     if with_probs and not spec.has_task_head:
         raise ASSFTError("this model has no segmentation head for the task's classes", path=loaded.path,
                          hint="fine-tune it first (assft train); until then ATSQ ranks by DKD only")
     device = _device(network)
-    image, restore = preprocess.prepare_image(volume, spec.preprocessing)
-    image = image.to(device=device, dtype=torch.float32)
+    image, restore = network_input(volume, spec.preprocessing, device)
     rec = _Recorder(loaded, with_norm_stats, stop=not with_probs)
 
     def predictor(x: torch.Tensor) -> torch.Tensor | None:
         out = rec.call(network, x)
         return None if out is None else torch.softmax(out.float(), dim=1)
 
-    window = tuple(spec.patch_size) if full_patch else window_size(spec, image.shape[2:])
+    grid = tuple(image.shape[-3:])
+    window = tuple(spec.patch_size) if full_patch else window_size(spec, grid)
 
     def window_pass(x: torch.Tensor, flips=((),), on_pass=None, accumulate: bool = True) -> torch.Tensor | None:
         return stitching.flip_mean(x, window, settings.sw_overlap, settings.sw_batch_size, predictor,
@@ -228,7 +250,8 @@ def forward_volume(loaded: "models.LoadedModel", volume, settings: Settings, *, 
     del image
     probs = None
     if with_probs:
-        probs = np.asarray(restore(mean.cpu().numpy()), dtype=np.float32)
+        mean = mean.cpu().numpy()
+        probs = restore.view(mean) if probs_view else np.asarray(restore(mean), dtype=np.float32)
         del mean
     return ForwardResult(probs, embedding, volume_stats, running_stats, bald)
 
@@ -259,6 +282,22 @@ def predict_probs(model: "models.LoadedModel", volume, settings: Settings) -> np
     (0.54 -> 0.45 on 16 test cases) when the window was shrunk to the volume.
     """
     return forward_volume(model, volume, settings, with_probs=True, full_patch=True).probs
+
+
+def predict_label(model: "models.LoadedModel", volume, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax ``(X, Y, Z)`` uint8, max-probability ``(X, Y, Z)`` float32) of :func:`predict_probs`'s map,
+    on ``volume``'s own grid, restored slab by slab: a resampled CT's full-grid probability map is never
+    held.  ``ssft.pseudo_target``'s label and ``confidence < tau_v`` its ignore mask."""
+    view = forward_volume(model, volume, settings, with_probs=True, full_patch=True, probs_view=True).probs
+    if view.shape[0] > 256:
+        raise ASSFTError(f"{view.shape[0]} classes do not fit a uint8 label", path=model.path)
+    label = np.empty(view.shape[1:], dtype=np.uint8)
+    confidence = np.empty(view.shape[1:], dtype=np.float32)
+    for i, j in preprocess.row_slabs(view.shape[1:]):
+        p = view[:, i:j]
+        label[i:j] = np.argmax(p, axis=0)
+        confidence[i:j] = np.max(p, axis=0)
+    return label, confidence
 
 
 def embed(model: "models.LoadedModel", volume, settings: Settings, with_norm_stats: bool = False) -> ForwardResult:

@@ -83,12 +83,12 @@ def write_pseudo_labels(ws, teacher, case_ids: Sequence[str], settings: Settings
     Voxels below ``settings.voxel_confidence`` keep their argmax here (the
     reviewer sees the whole prediction); training ignores them.
     """
-    from .inference import predict_probs
+    from .inference import predict_label
     from .volumes import read_volume, write_volume
     out = {}
     for i, case_id in enumerate(case_ids):
         volume = read_volume(ws.image_path(case_id))
-        label, _ = ssft.pseudo_target(predict_probs(teacher, volume, settings), settings.voxel_confidence)
+        label, _ = predict_label(teacher, volume, settings)  # ssft.pseudo_target's label, restored slab by slab
         out[case_id] = write_volume(ws.paths.pseudo_label(case_id), label, volume.affine)
         if progress is not None:
             progress(i + 1, len(case_ids), {"phase": "pseudo", "case": case_id})

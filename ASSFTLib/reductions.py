@@ -41,7 +41,13 @@ def _slabs(shape, halo: int = 0):
 
 def asd_from_probs_streaming(probs, fg_threshold: float, dilation: int, min_fraction: float,
                              fallback_fraction: float) -> ASDResult:
-    """:func:`query.asd_from_probs` of ``probs`` ``(C, X, Y, Z)`` in bounded extra memory (module docstring)."""
+    """:func:`query.asd_from_probs` of ``probs`` ``(C, X, Y, Z)`` in bounded extra memory (module docstring).
+
+    ``probs`` is a numpy array or any array-like with ``shape``, ``ndim`` and ``[:, i:j]`` /
+    ``[0, i:j]`` slabs (``preprocess.RestoredView``: a map restored to the image's grid slab by slab
+    as it is read).  Each slab is read once (the fallback ROI, when needed, reads it again): a slab's
+    ROI is settled once the foreground core of the next ``dilation`` rows is known.
+    """
     if getattr(probs, "ndim", None) != 4:
         raise ArrayError(f"probabilities must have shape (C, X, Y, Z), got {np.shape(probs)}")
     spatial = tuple(probs.shape[1:])
@@ -49,25 +55,38 @@ def asd_from_probs_streaming(probs, fg_threshold: float, dilation: int, min_frac
     r = int(dilation)
     ball = _ball(r) if r > 0 else None
     n_core = 0
+    ent_total = 0.0
+    roi_n, roi_ent, roi_conf = 0, 0.0, 0.0
+    cores: list = []     # (start, stop, core mask) of the slabs read whose rows a pending slab's halo may need
+    pending: list = []   # (start, stop, entropy, max-probability) of slabs whose ROI is not settled yet
+
+    def settle(i: int, j: int, entropy: np.ndarray, conf: np.ndarray) -> None:
+        nonlocal roi_n, roi_ent, roi_conf
+        hi, hj = max(0, i - r), min(spatial[0], j + r)
+        core = np.concatenate([c[max(hi, a) - a:min(hj, b) - a] for a, b, c in cores if a < hj and b > hi])
+        if r > 0 and core.any():
+            roi = ndimage.binary_dilation(core, structure=ball)[i - hi:i - hi + (j - i)]
+        else:  # no foreground within reach: dilating nothing gives nothing
+            roi = core[i - hi:i - hi + (j - i)]
+        roi_n += int(roi.sum())
+        roi_ent += float(entropy[roi].sum(dtype=np.float64))
+        roi_conf += float(conf[roi].sum(dtype=np.float64))
+
     for i, j, _, _ in _slabs(spatial):
         p = np.asarray(probs[:, i:j], dtype=np.float32)
         if not np.all(np.isfinite(p)):
             raise ArrayError("probabilities are not finite (NaN or inf)", hint="check the image and the model")
-        n_core += int(np.count_nonzero(1.0 - p[0] >= fg_threshold))
-    ent_total = 0.0
-    roi_n, roi_ent, roi_conf = 0, 0.0, 0.0
-    for i, j, hi, hj in _slabs(spatial, r):
-        p = np.asarray(probs[:, i:j], dtype=np.float32)
+        core = (1.0 - p[0]) >= fg_threshold
+        n_core += int(np.count_nonzero(core))
         entropy = normalized_entropy(p)
         ent_total += float(entropy.sum(dtype=np.float64))
-        if r > 0 and n_core:
-            core = (1.0 - np.asarray(probs[0, hi:hj], dtype=np.float32)) >= fg_threshold
-            roi = ndimage.binary_dilation(core, structure=ball)[i - hi:i - hi + (j - i)]
-        else:
-            roi = (1.0 - p[0]) >= fg_threshold
-        roi_n += int(roi.sum())
-        roi_ent += float(entropy[roi].sum(dtype=np.float64))
-        roi_conf += float(p.max(axis=0)[roi].sum(dtype=np.float64))
+        cores.append((i, j, core))
+        pending.append((i, j, entropy, p.max(axis=0)))
+        del p
+        while pending and (pending[0][1] + r <= j or j == spatial[0]):
+            settle(*pending.pop(0))
+            low = pending[0][0] - r if pending else spatial[0]
+            cores = [c for c in cores if c[1] > low]
     fallback = roi_n < max(min_fraction * n_vox, 1)
     if fallback:
         roi_n, roi_ent, roi_conf = _fallback_sums(probs, fallback_fraction, n_vox)

@@ -271,7 +271,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
     from the cache: run ``assft score`` first.  ``progress(step, total, info)`` is
     called once per case drawn.
     """
-    from . import pseudo, scoring, ssft
+    from . import pseudo, scoring
     from .volumes import read_volume
     from .models import load_model
 
@@ -320,7 +320,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
         if written.exists():
             overlay, source = read_volume(written, kind="label").array, "written for review"
         else:
-            overlay, _ = ssft.pseudo_target(_probabilities(model, volume, settings), settings.voxel_confidence)
+            overlay = _prediction(model, volume, settings)  # ssft.pseudo_target's label
             source = "current model, not yet written"
         d = decisions[case_id]
         numbers = {"confidence c": d.confidence, "distance d": d.distance, "priority c(1-d)": d.priority,
@@ -358,11 +358,7 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
     return write_html(out_html, sections, title="ASSFT report", intro=intro, classes=ws.classes)
 
 
-def _probabilities(model, volume, settings) -> np.ndarray:
-    from .inference import predict_probs
-    return predict_probs(model, volume, settings)
-
-
 def _prediction(model, volume, settings) -> np.ndarray:
-    """(X, Y, Z) argmax of the model's test-time averaged probabilities."""
-    return np.argmax(_probabilities(model, volume, settings), axis=0).astype(np.uint8)
+    """(X, Y, Z) argmax of the model's test-time averaged probabilities (restored slab by slab)."""
+    from .inference import predict_label
+    return predict_label(model, volume, settings)[0]

@@ -116,7 +116,10 @@ def score_volume(model, foundation, volume, settings: Settings,
     base = model if foundation is None else foundation
     head = bool(model.spec.has_task_head)
     mc = int(settings.mc_dropout_samples) if head else 0
-    fwd = inference.forward_volume(model, volume, settings, with_probs=head, with_norm_stats=same, mc_samples=mc)
+    # probs_view: the test-time mean stays on the network's grid and is restored to the volume's grid
+    # slab by slab inside the reduction (a resampled CT's full-grid map is never held)
+    fwd = inference.forward_volume(model, volume, settings, with_probs=head, with_norm_stats=same, mc_samples=mc,
+                                   probs_view=True)
     if not same and foundation_record is not None:
         K = dict(foundation_record["K"])
         z0 = np.asarray(foundation_record["z0"], dtype=np.float64)

@@ -107,6 +107,8 @@ class Settings:
     # (which Python runs background jobs is the caller's choice, jobs.Job.start(python=...), never a setting:
     # a workspace is data someone else may hand over; REMOVED_FIELDS)
     num_threads: int = 0                    # 0: torch's default
+    loader_workers: int = -1                # processes that read and augment training patches; -1: automatic
+    #                                         (runtime.loader_workers: none on the CPU, up to 4 beside a GPU)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -184,6 +186,8 @@ class Settings:
         for name, top in (("batch_size", 256), ("sw_batch_size", 256), ("mc_dropout_samples", 100),
                           ("max_steps", 10_000_000), ("pretrain_steps", 10_000_000), ("num_threads", 1024)):
             check(int(getattr(self, name)) <= top, f"{name}={getattr(self, name)} must be at most {top}")
+        check(-1 <= int(self.loader_workers) <= 64,
+              f"loader_workers={self.loader_workers} must lie in [-1, 64] (-1: automatic, 0: none)")
         check(self.learning_rate <= 1.0, f"learning_rate={self.learning_rate} must be at most 1")
         check(self.encoder_lr_ratio <= 100.0, f"encoder_lr_ratio={self.encoder_lr_ratio} must be at most 100")
         check(self.device == "auto" or self.device == "cpu" or _CUDA.match(self.device) is not None,

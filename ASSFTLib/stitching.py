@@ -14,8 +14,10 @@ the mean over passes - without ever building a flipped image or a per-pass map:
   on the window grid only), so every window's ``w p / sum(w)`` goes straight
   into ONE running mean on the image's grid.
 
-Memory: the mean ``(C, X, Y, Z)`` float32, one count map ``(X, Y, Z)`` and one
-window batch; the number of network calls is MONAI's (one per window batch and
+Memory: the mean ``(C, X, Y, Z)`` float32, the count of one band of window rows
+(:class:`_Counts`: the same numbers as a whole count map) and one window batch; the
+image itself may be a :class:`Region` read a window at a time (a volume on its own
+grid is then never copied whole); the number of network calls is MONAI's (one per window batch and
 flip).  Tensors are ``(1, 1, X, Y, Z)`` images, ``(B, C, *window)`` batches.
 """
 from __future__ import annotations
@@ -58,14 +60,58 @@ def _clip(start: Sequence[int], window: Sequence[int], shape: Sequence[int]) -> 
     return tuple(img), tuple(win)
 
 
-def _crop(image: torch.Tensor, start: Sequence[int], window: Sequence[int]) -> torch.Tensor:
-    """``(1, *window)`` of the ``(1, X, Y, Z)`` image at ``start``, zeros outside it."""
-    img, win = _clip(start, window, image.shape[1:])
+class Region:
+    """An image the windows are cut from without holding it whole: ``shape`` (X, Y, Z), ``device``
+    and ``read(slices) -> (1, x, y, z)`` float32 (``preprocess.normalized_region`` normalises each
+    part of a volume as it is read)."""
+
+    def __init__(self, shape: Sequence[int], read: Callable[[tuple], torch.Tensor], device="cpu") -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.read = read
+        self.device = torch.device(device)
+
+
+def _crop(image, start: Sequence[int], window: Sequence[int]) -> torch.Tensor:
+    """``(1, *window)`` of the ``(1, X, Y, Z)`` image (or :class:`Region`) at ``start``, zeros outside it."""
+    region = isinstance(image, Region)
+    img, win = _clip(start, window, image.shape if region else image.shape[1:])
+    part = image.read(img).to(image.device) if region else image[(slice(None),) + img]
     if all(w.start == 0 and w.stop == n for w, n in zip(win, window)):
-        return image[(slice(None),) + img]
-    out = image.new_zeros((image.shape[0], *window))
-    out[(slice(None),) + win] = image[(slice(None),) + img]
+        return part
+    out = part.new_zeros((part.shape[0], *window))
+    out[(slice(None),) + win] = part
     return out
+
+
+class _Counts:
+    """A pass's ``sum(w)`` per voxel, one band of rows (first axis) at a time.
+
+    The band of a window's rows is summed over every window that reaches it, in the
+    pass's window order: per voxel the same additions in the same order as a whole
+    count map, so the same float32 numbers, without a count map of the volume's size.
+    The last two bands are kept (the windows of one row of the grid share a band).
+    """
+
+    def __init__(self, starts: List[Tuple[int, ...]], window: Tuple[int, ...], weight: torch.Tensor,
+                 shape: Tuple[int, ...]) -> None:
+        self.starts, self.window, self.weight, self.shape = starts, window, weight, shape
+        self._bands: dict = {}
+
+    def band(self, lo: int, hi: int) -> torch.Tensor:
+        """``sum(w)`` over rows ``lo:hi``: ``(hi - lo, Y, Z)``."""
+        if (lo, hi) not in self._bands:
+            count = torch.zeros((hi - lo, *self.shape[1:]), dtype=torch.float32, device=self.weight.device)
+            for b in self.starts:
+                img, win = _clip(b, self.window, self.shape)
+                a0, a1 = max(img[0].start, lo), min(img[0].stop, hi)
+                if a0 >= a1:
+                    continue
+                shift = win[0].start - img[0].start
+                count[(slice(a0 - lo, a1 - lo),) + img[1:]] += self.weight[(slice(a0 + shift, a1 + shift),) + win[1:]]
+            while len(self._bands) >= 2:
+                self._bands.pop(next(iter(self._bands)))
+            self._bands[(lo, hi)] = count
+        return self._bands[(lo, hi)]
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -79,31 +125,26 @@ def importance(window: Sequence[int], device) -> torch.Tensor:
                                   device=device, dtype=torch.float32)
 
 
-def flip_mean(image: torch.Tensor, window: Sequence[int], overlap: float, batch_size: int, predictor: Predictor,
+def flip_mean(image, window: Sequence[int], overlap: float, batch_size: int, predictor: Predictor,
               flips: Sequence[Tuple[int, ...]] = ((),), on_pass: Callable[[Tuple[int, ...]], None] | None = None,
               accumulate: bool = True) -> Optional[torch.Tensor]:
     """Mean over ``flips`` of MONAI-equivalent Gaussian-blended sliding-window passes of ``predictor``.
 
-    image: ``(1, 1, X, Y, Z)``; flips: spatial axes (0..2) flipped per pass, ``()`` the identity;
-    predictor: ``(B, 1, *window)`` -> ``(B, C, *window)`` (or None: nothing to accumulate, as in a
-    features-only pass); on_pass: called with each pass's flip before its first window;
-    accumulate: False runs the windows only (hooks see them) and returns None.
+    image: ``(1, 1, X, Y, Z)`` tensor or a :class:`Region`; flips: spatial axes (0..2) flipped per
+    pass, ``()`` the identity; predictor: ``(B, 1, *window)`` -> ``(B, C, *window)`` (or None: nothing
+    to accumulate, as in a features-only pass); on_pass: called with each pass's flip before its first
+    window; accumulate: False runs the windows only (hooks see them) and returns None.
     Returns the ``(C, X, Y, Z)`` float32 mean on the image's device.
     """
-    vol = image[0]
-    shape = tuple(vol.shape[1:])
+    vol = image if isinstance(image, Region) else image[0]
+    shape = tuple(image.shape if isinstance(image, Region) else vol.shape[1:])
     window = tuple(int(w) for w in window)
     weight = importance(window, image.device)
     mean: Optional[torch.Tensor] = None
-    count = torch.zeros(shape, dtype=torch.float32, device=image.device) if accumulate else None
     for flip in flips:
         dims = [k + 2 for k in flip]  # the flipped axes of a (B, C, *window) batch
         starts = window_starts(shape, window, overlap, flip)
-        if accumulate:
-            count.zero_()
-            for a in starts:
-                img, win = _clip(a, window, shape)
-                count[img] += weight[win]
+        counts = _Counts(starts, window, weight, shape) if accumulate else None
         if on_pass is not None:
             on_pass(tuple(flip))
         for group in _batches(starts, batch_size):
@@ -120,7 +161,8 @@ def flip_mean(image: torch.Tensor, window: Sequence[int], overlap: float, batch_
                 mean = torch.zeros((p.shape[1], *shape), dtype=torch.float32, device=image.device)
             for a, pw in zip(group, p):
                 img, win = _clip(a, window, shape)
-                mean[(slice(None),) + img] += pw[(slice(None),) + win] * (weight[win] / count[img])
+                band = counts.band(img[0].start, img[0].stop)
+                mean[(slice(None),) + img] += pw[(slice(None),) + win] * (weight[win] / band[(slice(None),) + img[1:]])
     if mean is not None and len(flips) > 1:
         mean /= len(flips)
     return mean

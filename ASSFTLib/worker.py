@@ -197,10 +197,8 @@ def _run_predict(ws, settings, args, progress, should_stop) -> dict:
         raise ASSFTError("the workspace has no model yet", path=ws.folder, hint="register a foundation model first")
     for case_id in cases:
         ws.case(case_id)  # an unknown case is an error before the model loads
-    import numpy as np
-
     from . import pseudo
-    from .inference import predict_probs
+    from .inference import predict_label
     from .models import load_model
     from .volumes import read_volume, write_volume
     model = load_model(ws.verified(version).path, device=settings.resolved_device())  # never a swapped file
@@ -216,7 +214,7 @@ def _run_predict(ws, settings, args, progress, should_stop) -> dict:
             outputs.update(pseudo.write_pseudo_labels(ws, model, [case_id], settings))
         else:
             volume = read_volume(ws.image_path(case_id))
-            label = np.argmax(predict_probs(model, volume, settings), axis=0).astype(np.uint8)
+            label, _ = predict_label(model, volume, settings)
             outputs[case_id] = write_volume(Path(args.job_dir) / f"{case_id}.nii.gz", label, volume.affine)
     progress(len(cases), len(cases), {"phase": "predict"})
     return {"purpose": args.purpose, "model_checksum": version.checksum,

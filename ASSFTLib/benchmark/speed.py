@@ -303,11 +303,11 @@ def large_volume(model, foundation, size: Sequence[int], settings: Settings, dev
     volume = Volume(image, np.diag([0.8, 0.8, 1.5, 1.0]))
     with PeakMemory(device) as mem:
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         score_volume(model, foundation, volume, settings)
         _sync(device)
-        seconds = time.perf_counter() - t0
-    return {"shape": list(size), "voxels": int(np.prod(size)), "seconds": seconds,
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"shape": list(size), "voxels": int(np.prod(size)), "seconds": seconds, "cpu_seconds": cpu,
             "peak_memory_mib": mem.peak / 2 ** 20, "peak_memory_kind": mem.kind,
             "patch_size": list(model.spec.patch_size), "sw_overlap": settings.sw_overlap}
 
@@ -366,3 +366,25 @@ def format_table(result: dict) -> str:
         lines.append(f"  one {tuple(lv['shape'])} volume: {lv['seconds']:.1f} s, peak {lv['peak_memory_mib']:.0f} MiB "
                      f"({lv['peak_memory_kind']})")
     return "\n".join(lines)
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m ASSFTLib.benchmark.speed large-volume '[512, 512, 300]'``: the ``large_volume`` row
+    alone, in a fresh process on the CPU (its peak RSS is its own), printed as JSON with the load average."""
+    import json
+    import os
+    if len(argv) != 2 or argv[0] != "large-volume":
+        print("usage: python -m ASSFTLib.benchmark.speed large-volume '[X, Y, Z]'")
+        return 2
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    settings = Settings(device="cpu").replace(patch_size=tuple(BENCHMARK_PATCH))
+    model, foundation = make_models("cpu", BENCHMARK_PATCH)
+    result = large_volume(model, foundation, json.loads(argv[1]), settings, "cpu")
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_main(sys.argv[1:]))

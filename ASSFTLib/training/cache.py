@@ -207,8 +207,7 @@ def cached_pseudo_case(folder: str | Path, case_id: str, image_path: str | Path,
     The teacher's prediction is the costly part; the key holds what shapes it, so a
     resumed round reuses it.
     """
-    from .. import ssft
-    from ..inference import predict_probs
+    from ..inference import predict_label
     from ..preprocess import prepare_image, validate_preprocessing
     from ..volumes import read_volume
     prep = validate_preprocessing(preprocessing)
@@ -219,9 +218,10 @@ def cached_pseudo_case(folder: str | Path, case_id: str, image_path: str | Path,
     if found is not None:
         return found
     volume = read_volume(image_path, kind="image")
-    probs = predict_probs(teacher, volume, settings)
-    label, ignore = ssft.pseudo_target(probs, settings.voxel_confidence)
-    del probs
+    # ssft.pseudo_target's label and ignore mask, restored to the image's grid slab by slab
+    label, confidence = predict_label(teacher, volume, settings)
+    ignore = confidence < settings.voxel_confidence
+    del confidence
     box = body_box(volume.array, label, prep)
     tensor, _ = prepare_image(volume, prep)
     grid = tuple(tensor.shape[2:])

@@ -13,9 +13,10 @@ Tensors: volumes ``(1, X, Y, Z)`` per case, batches ``(B, 1, X, Y, Z)``.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -177,11 +178,75 @@ class PatchSampler:
     def batch(self, cases: Sequence[TrainCase], batch_size: int,
               rng: np.random.Generator) -> Dict[str, torch.Tensor]:
         """``batch_size`` patches of random prepared cases -> {"image": (B,1,...) float, "label": (B,1,...) long,
-        "weight": (B,1,...)}."""
+        "weight": (B,1,...)}.
+
+        Everything random comes from ``rng`` (the augmentations are reseeded from it first), so a
+        batch depends on ``rng`` alone: the same in any process, whatever batches came before.
+        """
+        self.transform.set_random_state(seed=int(rng.integers(2 ** 32)))
         items = [self.patch_of(cases[int(i)], rng) for i in rng.integers(0, len(cases), size=batch_size)]
         out = {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "weight")}
         out["label"] = out["label"].long()
         return out
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is step ``first + i``'s batch: for each non-empty group of cases (labeled, then
+    pseudo-labeled), ``batch_size`` patches drawn with ``np.random.default_rng([seed, step])``,
+    concatenated; ``"step"`` says which step it is.
+
+    A step's batch depends on (seed, step) only, so it is the same whether it is built here,
+    in any DataLoader worker, or after a resume.  Everything it holds pickles (cache entries
+    are paths; in-memory cases are tensors), as workers started with ``spawn`` (Windows, macOS) need.
+    """
+
+    def __init__(self, sampler: PatchSampler, groups: Sequence[Sequence], batch_size: int, seed: int, first: int,
+                 total: int) -> None:
+        self.sampler, self.groups = sampler, [list(g) for g in groups if len(g)]
+        self.batch_size, self.seed, self.first, self.total = int(batch_size), int(seed), int(first), int(total)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.first)
+
+    def __getitem__(self, index: int) -> dict:
+        step = self.first + int(index)
+        rng = np.random.default_rng([self.seed, step])
+        parts = [self.sampler.batch(cases, self.batch_size, rng) for cases in self.groups]
+        out: dict = {k: torch.cat([p[k] for p in parts]) for k in ("image", "label", "weight")}
+        out["step"] = step
+        return out
+
+
+@contextlib.contextmanager
+def step_batches(batches: StepBatches, workers: int, pin_memory: bool = False,
+                 context=None) -> Iterator[Callable[[int], dict]]:
+    """``next_batch(step)`` for the steps of ``batches`` in order, built by ``workers`` processes
+    (DataLoader; none: here, when asked).
+
+    The workers are joined when the block ends, however it ends (cancel, error, the last step):
+    none outlives the round.  context: a multiprocessing context or its name (``"spawn"``,
+    ``"fork"``); None is the platform's default (spawn on Windows and macOS).
+    """
+    if int(workers) <= 0:
+        yield lambda step: batches[step - batches.first]
+        return
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=int(workers),
+                                         pin_memory=pin_memory, multiprocessing_context=context)
+    iterator = iter(loader)
+
+    def next_batch(step: int) -> dict:
+        batch = next(iterator)
+        if batch["step"] != step:
+            raise RuntimeError(f"the patch loader gave step {batch['step']}'s batch for step {step}")
+        return batch
+
+    try:
+        yield next_batch
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # joins the worker processes now
+        if shutdown is not None:
+            shutdown()
+        del iterator
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ from torch import nn
 from .. import runtime, ssft
 from ..errors import ASSFTError, GeometryError, JobCancelled, LabelError, VolumeError, WorkspaceError
 from ..pseudo import accepted_pseudo_labels, select_round_pseudo
-from ..runtime import autocast, grad_scaler
+from ..runtime import autocast, device_type, grad_scaler, loader_workers
 from ..settings import Settings
 from ..workspace.paths import check_job_dir
 from .cache import CachedCase, cached_labeled_case, cached_pseudo_case, prune
-from .data import PatchSampler, label_problems, raise_label_problems
+from .data import PatchSampler, StepBatches, label_problems, raise_label_problems, step_batches
 from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, remove_if_empty,
                    restore_state, run_steps)
 from .losses import MaskedDiceCELoss
@@ -228,8 +228,13 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     steps = int(settings.steps or plan.get("steps") or settings.round_steps(len(labeled)))
     job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop,
                   lr_schedule(settings.lr_schedule, steps))
-    loss = run_steps(job, first, steps, "train",
-                     _segmentation_loss(network, labeled, pseudo, settings, device, first, steps))
+    sampler = PatchSampler(settings.patch_size, settings.seed, settings.fg_oversample, settings.augment)
+    batches = StepBatches(sampler, [[sampler.prepare(c) for c in labeled], [sampler.prepare(c) for c in pseudo]],
+                          settings.batch_size, settings.seed, first, steps)
+    # patches are read and augmented in loader_workers processes while this one trains
+    with step_batches(batches, loader_workers(settings, device), pin_memory=device_type(device) == "cuda") as batch:
+        loss = run_steps(job, first, steps, "train", _segmentation_loss(network, batch, bool(pseudo), settings, device,
+                                                                         steps))
     network.eval()
 
     dice = {}
@@ -314,23 +319,16 @@ def _train_mode(network: nn.Module, frozen_prefixes: Sequence[str] = ()) -> None
                 module.eval()
 
 
-def _segmentation_loss(network: nn.Module, labeled: Sequence[CachedCase], pseudo: Sequence[CachedCase],
-                       settings: Settings, device: str, first: int, total: int) -> StepLoss:
-    """One step's loss: DiceCE(labeled) + lambda(t) * masked DiceCE(pseudo), on seeded random patches."""
+def _segmentation_loss(network: nn.Module, next_batch: Callable[[int], dict], pseudo: bool, settings: Settings,
+                       device: str, total: int) -> StepLoss:
+    """One step's loss: DiceCE(labeled) + lambda(t) * masked DiceCE(pseudo), on the step's seeded patches
+    (``next_batch(step)``: :class:`~.data.StepBatches`, labeled patches first)."""
     sup_loss = DiceCELoss(to_onehot_y=True, softmax=True)
     pseudo_loss = MaskedDiceCELoss()
-    sampler = PatchSampler(settings.patch_size, settings.seed + first, settings.fg_oversample, settings.augment)
-    labeled = [sampler.prepare(c) for c in labeled]
-    pseudo = [sampler.prepare(c) for c in pseudo]
 
     def step_loss(step: int) -> Tuple[torch.Tensor, dict]:
-        rng = np.random.default_rng([settings.seed, step])
-        batch = sampler.batch(labeled, settings.batch_size, rng)
         n_sup = settings.batch_size
-        if pseudo:
-            extra = sampler.batch(pseudo, settings.batch_size, rng)
-            batch = {k: torch.cat([batch[k], extra[k]]) for k in batch}
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in next_batch(step).items() if k != "step"}
         lam = (ssft.pseudo_weight(step, total, settings.pseudo_weight_max, settings.pseudo_ramp_fraction)
                if pseudo else 0.0)
         with autocast(device, settings.amp):
@@ -349,14 +347,14 @@ def _segmentation_loss(network: nn.Module, labeled: Sequence[CachedCase], pseudo
 
 def _heldout_dice(network: nn.Module, spec, ws, case_ids: Sequence[str], settings: Settings) -> Dict[str, float]:
     """Mean foreground Dice of ``network`` on each held-out labeled case (original grid, test-time averaged)."""
-    from ..inference import predict_probs
+    from ..inference import predict_label
     from ..metrics import mean_dice
     from ..models import LoadedModel, LoadReport
     from ..volumes import read_volume
     model = LoadedModel(network.eval(), spec, LoadReport(), "", None)
     out = {}
     for case_id in case_ids:
-        probs = predict_probs(model, read_volume(ws.image_path(case_id)), settings)
+        label, _ = predict_label(model, read_volume(ws.image_path(case_id)), settings)
         truth = read_volume(ws.label_path(case_id), kind="label").array
-        out[case_id] = mean_dice(np.argmax(probs, axis=0), truth, len(ws.classes))
+        out[case_id] = mean_dice(label, truth, len(ws.classes))
     return out

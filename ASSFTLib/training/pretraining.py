@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +19,7 @@ from ..errors import ASSFTError, JobCancelled
 from ..pretext import block_mask, pretext_loss, reconstruction_spec
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
-from .data import PatchSampler, TrainCase, prepared_image
+from .data import PatchSampler, StepBatches, TrainCase, prepared_image, step_batches
 from .loop import (Progress, ShouldStop, StepJob, StepLoss, lr_schedule, open_state, remove_if_empty, restore_state,
                    run_steps)
 
@@ -68,8 +67,13 @@ def _pretrain(image_paths, out_path: Path, settings: Settings, progress: Progres
     steps = int(settings.pretrain_steps)
     job = StepJob(network, optimizer, scaler, state_path, plan, progress, should_stop,
                   lr_schedule(settings.lr_schedule, steps))
-    loss_value = run_steps(job, first, steps, "pretrain",
-                           _reconstruction_loss(network, images, settings, device, first))
+    sampler = PatchSampler(settings.patch_size, settings.seed)  # flips only: the pretext target is the image
+    batches = StepBatches(sampler, [[sampler.prepare(c) for c in images]], settings.batch_size, settings.seed, first,
+                          steps)
+    with step_batches(batches, runtime.loader_workers(settings, device),
+                      pin_memory=runtime.device_type(device) == "cuda") as batch:
+        loss_value = run_steps(job, first, steps, "pretrain", _reconstruction_loss(network, batch, settings, device,
+                                                                                   first))
     network = network.cpu().eval()
     metrics = {"final_loss": loss_value, "volumes": len(paths), "mask_block": settings.pretext_mask_block,
                "mask_ratio": settings.pretext_mask_ratio}
@@ -93,16 +97,13 @@ def _read_volumes(paths: Sequence[Path], preprocessing: dict, job_dir: Path, pro
     return images
 
 
-def _reconstruction_loss(network: nn.Module, images: Sequence[TrainCase], settings: Settings, device: str,
+def _reconstruction_loss(network: nn.Module, next_batch: Callable[[int], dict], settings: Settings, device: str,
                          first: int) -> StepLoss:
-    """One step's loss: MSE on the hidden cubes of seeded random patches (masks seeded from the first step)."""
-    sampler = PatchSampler(settings.patch_size, settings.seed + first)  # flips only: the pretext target is the image
-    images = [sampler.prepare(c) for c in images]
+    """One step's loss: MSE on the hidden cubes of the step's seeded patches (masks seeded from the first step)."""
     generator = torch.Generator().manual_seed(settings.seed + first)
 
     def step_loss(step: int) -> Tuple[torch.Tensor, dict]:
-        batch = sampler.batch(images, settings.batch_size, np.random.default_rng([settings.seed, step]))
-        image = batch["image"].to(device)
+        image = next_batch(step)["image"].to(device)
         mask = block_mask(image.shape, generator, settings.pretext_mask_block, settings.pretext_mask_ratio)
         with autocast(device, settings.amp):
             return pretext_loss(network, image, mask.to(device)), {}

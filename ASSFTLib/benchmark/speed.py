@@ -90,16 +90,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int = 1) -> tuple[float, object]:
-    """Median wall time (s) of ``repeats`` calls of ``fn`` (after one untimed warm-up), and its last result."""
+def timed(fn: Callable[[], object], device: str, repeats: int = 1, cpu: list | None = None) -> tuple[float, object]:
+    """Median wall time (s) of ``repeats`` calls of ``fn`` (after one untimed warm-up), and its last result.
+
+    cpu: when given, the median process CPU time (s) of the same calls is appended to it (what one
+    free core would take: on a shared machine wall-clock ratios follow the other processes' load).
+    """
     out = fn()
-    times = []
+    times, cpus = [], []
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.append(statistics.median(cpus))
     return statistics.median(times), out
 
 
@@ -193,20 +200,27 @@ def scoring_speed(model, foundation, volumes: Sequence, settings: Settings, devi
     def run_all(fn):
         return lambda: [fn(v) for v in volumes]
 
+    cpu: list = []
     # first scoring with this foundation: the frozen E0 pass runs too
-    t_full, first = timed(run_all(lambda v: score_volume(model, foundation, v, settings)), device)
+    t_full, first = timed(run_all(lambda v: score_volume(model, foundation, v, settings)), device, cpu=cpu)
     # every later round: E0's part comes from the workspace cache (scoring.score_cases does this)
     e0 = {id(v): foundation_part(r.to_dict()) for v, r in zip(volumes, first)}
     t_later, _ = timed(run_all(lambda v: score_volume(model, foundation, v, settings, foundation_record=e0[id(v)])),
-                       device)
-    t_plain, _ = timed(run_all(lambda v: plain_passes(model, v, settings, flips)), device)
-    t_mc, _ = timed(run_all(lambda v: monai_label_epistemic(model, v, settings)), device)
+                       device, cpu=cpu)
+    t_plain, _ = timed(run_all(lambda v: plain_passes(model, v, settings, flips)), device, cpu=cpu)
+    t_mc, _ = timed(run_all(lambda v: monai_label_epistemic(model, v, settings)), device, cpu=cpu)
     n = len(volumes)
-    return {"volumes": n, "volume_shape": list(volumes[0].shape), "tta_passes": flips,
-            "atsq_full_vol_per_s": n / t_full, "atsq_later_rounds_vol_per_s": n / t_later,
-            "plain_passes_vol_per_s": n / t_plain, "monai_label_mc5_vol_per_s": n / t_mc,
-            "atsq_overhead_vs_plain": t_full / t_plain, "atsq_later_rounds_overhead_vs_plain": t_later / t_plain,
-            "atsq_speedup_vs_monai_label_mc5": t_mc / t_full}
+    out = {"volumes": n, "volume_shape": list(volumes[0].shape), "tta_passes": flips,
+           "atsq_full_vol_per_s": n / t_full, "atsq_later_rounds_vol_per_s": n / t_later,
+           "plain_passes_vol_per_s": n / t_plain, "monai_label_mc5_vol_per_s": n / t_mc,
+           "atsq_overhead_vs_plain": t_full / t_plain, "atsq_later_rounds_overhead_vs_plain": t_later / t_plain,
+           "atsq_speedup_vs_monai_label_mc5": t_mc / t_full}
+    if torch.device(device).type == "cpu":  # the same ratios in CPU time, which the machine's load does not move
+        c_full, c_later, c_plain, c_mc = cpu
+        out.update({"atsq_overhead_vs_plain_cpu": c_full / c_plain,
+                    "atsq_later_rounds_overhead_vs_plain_cpu": c_later / c_plain,
+                    "atsq_speedup_vs_monai_label_mc5_cpu": c_mc / c_full})
+    return out
 
 
 @contextmanager
@@ -361,6 +375,10 @@ def format_table(result: dict) -> str:
              f"  fine-tuning at patch {tuple(f['patch_size'])} x batch {f['batch_size']}"
              f"{' (AMP)' if f['amp'] else ''}: {f['steps_per_s']:.2f} steps/s, peak {f['peak_memory_mib']:.0f} MiB "
              f"({f['peak_memory_kind']})"]
+    if "atsq_overhead_vs_plain_cpu" in s:
+        lines.insert(2, f"    in CPU time: ATSQ / plain = {s['atsq_overhead_vs_plain_cpu']:.2f}x, later rounds "
+                        f"{s['atsq_later_rounds_overhead_vs_plain_cpu']:.2f}x, MC5 / ATSQ = "
+                        f"{s['atsq_speedup_vs_monai_label_mc5_cpu']:.2f}x")
     if "large_volume" in result:
         lv = result["large_volume"]
         lines.append(f"  one {tuple(lv['shape'])} volume: {lv['seconds']:.1f} s, peak {lv['peak_memory_mib']:.0f} MiB "

@@ -186,6 +186,9 @@ def test_speed_end_to_end(tmp_path):
     assert sc["atsq_overhead_vs_plain"] == pytest.approx(sc["plain_passes_vol_per_s"] / sc["atsq_full_vol_per_s"])
     assert sc["atsq_speedup_vs_monai_label_mc5"] == pytest.approx(
         sc["atsq_full_vol_per_s"] / sc["monai_label_mc5_vol_per_s"])
+    for key in ("atsq_overhead_vs_plain_cpu", "atsq_later_rounds_overhead_vs_plain_cpu",
+                "atsq_speedup_vs_monai_label_mc5_cpu"):  # on the CPU the ratios in CPU time too
+        assert math.isfinite(sc[key]) and sc[key] > 0
     assert result["rerank"]["repeats"] == 10
     assert result["rerank"]["rerank_seconds_max"] >= result["rerank"]["rerank_seconds_median"]
     ft = result["finetune"]

@@ -315,3 +315,11 @@ def test_set_overrides_change_the_base_settings_and_name_the_variant():
     for bad in (["no_equals"], ["not_a_setting=1"], ["diversity_scale=sideways"]):
         with pytest.raises(ASSFTError):
             _overrides(le.Settings(), bad)
+
+
+def test_dice_axis_is_zoomed_to_the_curves_on_a_tenth_grid():
+    from ASSFTLib.benchmark.plotting import dice_axis_range
+    assert dice_axis_range([0.785, 0.858, float("nan"), None]) == pytest.approx((0.7, 0.9))
+    assert dice_axis_range([0.01, 0.995]) == pytest.approx((0.0, 1.0))   # clipped to [0, 1]
+    assert dice_axis_range([0.99, 0.995]) == pytest.approx((0.9, 1.0))   # never thinner than 0.1
+    assert dice_axis_range([]) == (0.0, 1.0)

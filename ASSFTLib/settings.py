@@ -79,6 +79,8 @@ class Settings:
     encoder_lr_ratio: float = 1.0           # encoder rate / decoder rate (SPEC: 0.1, which trained the project's
                                             # self-supervised encoder less well: docs/results.md)
     learning_rate: float = 3e-3             # AdamW, the decoder's (and pretraining's) peak rate
+    warm_lr_ratio: float = 1.0              # rate of a round whose weights already segment the classes (a warm
+                                            # start, a supervised foundation) / learning_rate
     lr_schedule: str = "poly"               # poly: nnU-Net's (1 - t)^0.9 decay over the round | constant
     steps: int = 0                          # 0: automatic (round_steps): steps_per_label x training volumes,
     steps_per_label: int = 40               #    kept within [min_steps, max_steps]
@@ -177,6 +179,7 @@ class Settings:
         check(self.pseudo_ratio >= 0 and self.pseudo_weight_max >= 0 and self.diversity_gamma >= 0,
               "pseudo_ratio, pseudo_weight_max and diversity_gamma must not be negative")
         check(self.learning_rate > 0 and self.encoder_lr_ratio >= 0, "learning rates must be positive")
+        check(0 < self.warm_lr_ratio <= 10.0, f"warm_lr_ratio={self.warm_lr_ratio} must lie in (0, 10]")
         check(int(self.pretext_mask_block) >= 1, "pretext_mask_block must be at least 1")
         check(0.0 < self.pretext_mask_ratio <= 1.0, f"pretext_mask_ratio={self.pretext_mask_ratio} must lie in (0, 1]")
         check(len(self.patch_size) == 3 and all(8 <= p <= MAX_PATCH for p in self.patch_size),

@@ -59,6 +59,7 @@ class _Start:
     source: str              # "current" | "foundation"
     source_checksum: str
     teacher: object | None   # LoadedModel with a task head, or None (cold start)
+    headed: bool = False     # the weights already segment these classes (a warm start or a headed foundation)
 
 
 def finetune_round(workspace, settings: Settings | None = None, progress: Progress = None,
@@ -94,6 +95,34 @@ def finetune_round(workspace, settings: Settings | None = None, progress: Progre
     finally:
         if made_job_dir:  # a folder this call made and left empty is no use to anyone
             remove_if_empty(job_dir)
+
+
+def train_supervised(dataset: str | Path, base: str | Path, target: str | Path, settings: Settings,
+                     work: str | Path, progress: Progress = None) -> Path:
+    """A model trained elsewhere: ``base`` fine-tuned on every label of the MSD folder ``dataset``.
+
+    One product round (no held-out fold, no SSFT: every case is labeled) in a
+    throwaway workspace ``work`` (replaced if present, removed after), its model
+    copied to ``target`` atomically.  The benchmark's supervised foundation and
+    the demo's "model from another site" are made this way.  Returns ``target``.
+    """
+    import shutil
+    from ..fileutil import atomic_path
+    from ..workspace import Workspace
+    work = Path(work)
+    if work.exists():
+        shutil.rmtree(work)
+    settings = settings.replace(use_ssft=False, kfold_min_labels=0)
+    ws = Workspace.create(work, dataset=dataset, settings=settings, import_labels=True)
+    try:
+        ws.register_model(base, kind="foundation")
+        finetune_round(ws, settings, progress=progress)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(ws.current_model().path, tmp)
+    finally:
+        ws.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return Path(target)
 
 
 def _finetune(ws, settings: Settings, progress: Progress, should_stop: ShouldStop, resume: bool, job_dir: Path,
@@ -140,12 +169,14 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
         loaded = load_model(foundation.path, device=device)
     for text in check_task_compatible(loaded, ws.classes, settings.patch_size):
         warnings.warn(text, TrainingWarning)
-    if loaded.spec.has_task_head and loaded.spec.task == "segmentation":
+    headed = bool(loaded.spec.has_task_head and loaded.spec.task == "segmentation")
+    if headed:
         network, spec = copy.deepcopy(loaded.network), loaded.spec
     else:
         network, spec, _ = make_task_network(loaded, ws.classes)
     spec = spec.replace(patch_size=list(settings.patch_size))
-    return _Start(network.to(device), spec, "foundation" if use_foundation else "current", loaded.checksum, teacher)
+    return _Start(network.to(device), spec, "foundation" if use_foundation else "current", loaded.checksum, teacher,
+                  headed)
 
 
 def _plan_round(ws, settings: Settings, start: _Start) -> dict:
@@ -220,7 +251,8 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     labeled, pseudo = _prepare_cases(ws, settings, start, plan, job_dir, progress, should_stop)
 
     freeze = settings.finetune_mode == "frozen_encoder"
-    optimizer = _optimizer(network, encoder_parameter_names(network, spec), settings, freeze)
+    rate = round_learning_rate(settings, start.headed)
+    optimizer = _optimizer(network, encoder_parameter_names(network, spec), settings, freeze, rate)
     scaler = grad_scaler(device, settings.amp)
     first = restore_state(saved, network, optimizer, scaler)
     _train_mode(network, encoder_module_names(network, spec) if freeze else ())
@@ -245,7 +277,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     metrics = {"heldout_dice": float(np.mean(list(dice.values()))) if dice else None,
                "heldout_dice_per_case": dice, "heldout": plan["heldout"], "train_labels": len(plan["train"]),
                "qa_promoted": sorted(plan["promoted"]), "pseudo_labels": len(plan["pseudo"]),
-               "pseudo_ids": plan["pseudo"], "final_loss": loss, "steps": steps,
+               "pseudo_ids": plan["pseudo"], "final_loss": loss, "steps": steps, "learning_rate": rate,
                "start": plan["source"], "finetune_mode": settings.finetune_mode, "device": device}
     if plan["selection"] is not None:
         metrics["tau_d"] = plan["selection"]["tau_d"]
@@ -291,9 +323,17 @@ def collapsed_quality(dice: Optional[float], parent) -> Optional[str]:
     return None
 
 
+def round_learning_rate(settings: Settings, headed: bool) -> float:
+    """Peak rate of a round: ``learning_rate``, times ``warm_lr_ratio`` when the starting weights already
+    segment these classes (a warm start from the current model, or a supervised foundation)."""
+    return settings.learning_rate * (settings.warm_lr_ratio if headed else 1.0)
+
+
 def _optimizer(network: nn.Module, encoder_names: Set[str], settings: Settings,
-               freeze_encoder: bool) -> torch.optim.Optimizer:
-    """AdamW with the encoder at ``encoder_lr_ratio`` x the decoder's rate (or frozen)."""
+               freeze_encoder: bool, rate: float | None = None) -> torch.optim.Optimizer:
+    """AdamW, the decoder at ``rate`` (default ``learning_rate``), the encoder at ``encoder_lr_ratio`` x that
+    (or frozen)."""
+    rate = settings.learning_rate if rate is None else rate
     enc, dec = [], []
     for name, p in network.named_parameters():
         if name in encoder_names:
@@ -303,11 +343,11 @@ def _optimizer(network: nn.Module, encoder_names: Set[str], settings: Settings,
                 enc.append(p)
         else:
             dec.append(p)
-    groups = [{"params": dec, "lr": settings.learning_rate, "initial_lr": settings.learning_rate, "name": "decoder"}]
+    groups = [{"params": dec, "lr": rate, "initial_lr": rate, "name": "decoder"}]
     if enc and settings.encoder_lr_ratio > 0:
-        enc_lr = settings.learning_rate * settings.encoder_lr_ratio
+        enc_lr = rate * settings.encoder_lr_ratio
         groups.append({"params": enc, "lr": enc_lr, "initial_lr": enc_lr, "name": "encoder"})
-    return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(groups, lr=rate, weight_decay=settings.weight_decay)
 
 
 def _train_mode(network: nn.Module, frozen_prefixes: Sequence[str] = ()) -> None:

@@ -71,8 +71,7 @@ def supervised_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
     The source images are unshifted (the other site's scanner); it is trained
     with the product's own recipe on all their labels, cached by its inputs.
     """
-    from ...training import finetune_round
-    from ...workspace import Workspace
+    from ...training import train_supervised
     base = pretrained_model(cfg, seed, prepared.source_images)
     steps = cfg.profile.supervised_steps
     key = zlib.crc32(f"{base.name}|{prepared.source_folder}|{cfg.base.scoring_hash()}|{steps}".encode())
@@ -81,21 +80,8 @@ def supervised_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
         return path
     cfg.progress(f"training the supervised foundation (seed {seed}, {len(prepared.source_images)} labeled source "
                  "cases)")
-    folder = cfg.out / "cache" / "foundation" / f"supervised_seed{seed}_ws"
-    if folder.exists():
-        shutil.rmtree(folder)
-    settings = cfg.base.replace(seed=seed, steps=steps, use_ssft=False, kfold_min_labels=0)
-    ws = Workspace.create(folder, dataset=prepared.source_folder, settings=settings, import_labels=True)
-    try:
-        ws.register_model(base, kind="foundation")
-        finetune_round(ws, settings)
-        from ...fileutil import atomic_path
-        with atomic_path(path) as tmp:
-            shutil.copyfile(ws.current_model().path, tmp)
-    finally:
-        ws.close()
-    shutil.rmtree(folder, ignore_errors=True)
-    return path
+    return train_supervised(prepared.source_folder, base, path, cfg.base.replace(seed=seed, steps=steps),
+                            work=cfg.out / "cache" / "foundation" / f"supervised_seed{seed}_ws")
 
 
 def foundation_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:

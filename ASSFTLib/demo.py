@@ -59,32 +59,51 @@ def _link_cases(cases, folder: Path, classes: Sequence[str]) -> Path:
     return folder
 
 
-def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed: int) -> tuple[Path, Path]:
-    """Return (pool folder, test folder), both MSD layout with labels.
+@dataclass
+class DemoData:
+    """The demo's MSD folders, all with labels: the pool (labels hidden from the loop), the held-out test
+    cases, and the other site's labeled source cases (None without a supervised foundation)."""
 
-    Without ``dataset``: synthetic volumes under four acquisition profiles.
-    With ``dataset`` (labeled MSD folder): a seeded split of its cases, linked.
+    pool: Path
+    test: Path
+    source: Path | None
+
+
+def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed: int,
+                 n_source: int = 0) -> DemoData:
+    """The demo's data under ``out / "data"``, made once and reused.
+
+    Without ``dataset``: synthetic volumes; the pool and the test cases under
+    the four acquisition profiles (the target site's scanners), the ``n_source``
+    source cases under ``clean`` only (the other site's scanner).
+    With ``dataset`` (labeled MSD folder): a seeded split of its cases, linked:
+    the test cases first, then the pool, then the source.
     """
     from . import synthetic
-    pool, test = out / "data" / "pool", out / "data" / "test"
+    pool, test, source = out / "data" / "pool", out / "data" / "test", out / "data" / "source"
     if dataset is None:
         profiles = tuple(synthetic.PROFILES)
-        if not (pool / "dataset.json").exists():
-            synthetic.make_dataset(pool, n_pool, profiles=profiles, seed=seed)
-        if not (test / "dataset.json").exists():
-            synthetic.make_dataset(test, n_test, profiles=profiles, seed=seed + 1000)
-        return pool, test
+        for folder, n, made_from, shifts in ((pool, n_pool, seed, profiles), (test, n_test, seed + 1000, profiles),
+                                             (source, n_source, seed + 2000, ("clean",))):
+            if n and not (folder / "dataset.json").exists():
+                synthetic.make_dataset(folder, n, profiles=shifts, seed=made_from)
+        return DemoData(pool, test, source if n_source else None)
     from .dataset import dataset_classes, load_dataset
     cases, _problems = load_dataset(dataset)
     cases = [c for c in cases if c.label is not None]
-    if len(cases) < n_test + 2:
-        raise DatasetError(f"the demo needs at least {n_test + 2} labeled cases, found {len(cases)}", path=dataset,
-                           hint="use a labeled MSD folder, or run `assft demo` without --dataset")
+    need = n_test + n_source + 2
+    if len(cases) < need:
+        raise DatasetError(f"the demo needs at least {need} labeled cases ({n_test} to test, {n_source} for the "
+                           f"other site's model, 2 or more to label), found {len(cases)}", path=dataset,
+                           hint="use a larger labeled MSD folder, fewer --test or --source cases, or run `assft "
+                                "demo` without --dataset")
     order = np.random.default_rng(seed).permutation(len(cases))
     classes = dataset_classes(Path(dataset)) or ["background", "foreground"]
-    test_cases = [cases[i] for i in order[:n_test]]
-    pool_cases = [cases[i] for i in order[n_test:n_test + n_pool]]
-    return _link_cases(pool_cases, pool, classes), _link_cases(test_cases, test, classes)
+    n_pool = min(n_pool, len(cases) - n_test - n_source)
+    parts = np.split(order, [n_test, n_test + n_pool, n_test + n_pool + n_source])
+    test_cases, pool_cases, source_cases = ([cases[i] for i in part] for part in parts[:3])
+    return DemoData(_link_cases(pool_cases, pool, classes), _link_cases(test_cases, test, classes),
+                    _link_cases(source_cases, source, classes) if n_source else None)
 
 
 def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int,
@@ -127,53 +146,98 @@ def _clear_previous_demo(ws_dir: Path, pool: Path, log: Callable[[str], None]) -
     shutil.rmtree(ws_dir)
 
 
+FOUNDATIONS = ("supervised", "self-supervised")
+
+
 def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3, budget: int = 2,
              n_pool: int = 16, n_test: int = 6, pretrain_steps: int = 300, steps: int = 0, seed: int = 0,
              device: str = "auto", progress: ProgressFactory | None = None,
-             log: Callable[[str], None] = print) -> list[DemoRound]:
-    """Run the loop and return one :class:`DemoRound` per round.
+             log: Callable[[str], None] = print, foundation: str = "supervised",
+             n_source: int = 16) -> list[DemoRound]:
+    """Run the loop and return one :class:`DemoRound` per round (round 0: the foundation itself, when it has
+    a task head).
 
-    ``out`` is created, or reused: its data and foundation model are kept (an
+    foundation: ``supervised`` (default), the common case of a model trained
+    elsewhere: pretrained on the unlabeled pool, then trained with the labels
+    of ``n_source`` cases of another site (synthetic: the ``clean`` scanner
+    only), so it segments from the start and the loop adapts it to the target
+    site's scanners; ``self-supervised``: the pretrained model alone, no head.
+
+    ``out`` is created, or reused: its data and models are kept (an
     interrupted pretraining continues), and the workspace of an earlier demo
     there is replaced, so the same command runs again.  Warnings from the
     library are said through ``log`` as notes.
     """
+    from .errors import ASSFTError
+    if foundation not in FOUNDATIONS:
+        raise ASSFTError(f"unknown foundation {foundation!r}", hint=f"use one of {', '.join(FOUNDATIONS)}")
+    if foundation == "supervised" and n_source < 1:
+        raise ASSFTError(f"a supervised foundation learns from labeled volumes of another site; --source is "
+                         f"{n_source}", hint="pass --source 1 or more, or --foundation self-supervised")
     with warnings.catch_warnings():  # said as notes, not as Python's file:line warnings
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *a, **k: log(f"  note: {message}")  # type: ignore[assignment]
         return _run_demo(Path(out).resolve(), dataset, rounds, budget, n_pool, n_test, pretrain_steps, steps, seed,
-                         device, progress or (lambda name: None), log)
+                         device, progress or (lambda name: None), log, foundation,
+                         n_source if foundation == "supervised" else 0)
+
+
+def _foundation(out: Path, data: DemoData, settings: Settings, pretrain_steps: int, prog: ProgressFactory,
+                log: Callable[[str], None]) -> Path:
+    """The demo's foundation, made once and reused: pretrained on the pool, then (with a source) supervised."""
+    from .training import pretrain, train_supervised
+    from .volumes import find_volume_files
+    pretrained = out / "foundation.pt"
+    if pretrained.exists():
+        log(f"foundation model: reusing {pretrained} (delete it to pretrain again)")
+    else:
+        state = pretrained.with_name(pretrained.name + ".job") / "state.pt"
+        n_pool = len(find_volume_files(data.pool / "imagesTr"))
+        log(f"foundation model: pretraining on the {n_pool} unlabeled pool volumes (masked reconstruction, "
+            f"{pretrain_steps} steps)" + ("; continuing the interrupted run" if state.exists() else ""))
+        pretrain(find_volume_files(data.pool / "imagesTr"), pretrained,
+                 settings.replace(pretrain_steps=pretrain_steps), progress=prog("pretrain"), resume=state.exists())
+    if data.source is None:
+        return pretrained
+    supervised = out / "foundation_supervised.pt"
+    n_source = len(find_volume_files(data.source / "imagesTr"))
+    if supervised.exists():
+        log(f"the other site's model: reusing {supervised} (delete it to train again)")
+    else:
+        log(f"the other site's model: the foundation trained on {n_source} labeled volumes of another scanner "
+            f"({data.source}), as a model trained elsewhere would come")
+        train_supervised(data.source, pretrained, supervised, settings, work=out / "foundation_supervised.ws",
+                         progress=prog("other site's model"))
+    return supervised
 
 
 def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test: int, pretrain_steps: int,
               steps: int, seed: int, device: str, prog: ProgressFactory,
-              log: Callable[[str], None]) -> list[DemoRound]:
+              log: Callable[[str], None], foundation_kind: str, n_source: int) -> list[DemoRound]:
     from .scoring import rank_cases, score_cases
-    from .training import pretrain, finetune_round
+    from .training import finetune_round
     from .workspace import Workspace
-    from .volumes import find_volume_files, read_volume
+    from .volumes import read_volume
 
     ws_dir = out / "workspace"
     settings = Settings(budget=budget, steps=steps, seed=seed, device=device)
     log(f"data: {'synthetic volumes, four acquisition profiles' if dataset is None else dataset} in {out / 'data'}")
-    pool, test = prepare_data(out, Path(dataset) if dataset else None, n_pool, n_test, seed)
-    _clear_previous_demo(ws_dir, pool, log)
-
-    foundation = out / "foundation.pt"
-    if foundation.exists():
-        log(f"foundation model: reusing {foundation} (delete it to pretrain again)")
-    else:
-        state = foundation.with_name(foundation.name + ".job") / "state.pt"
-        log(f"foundation model: pretraining on the {n_pool} unlabeled pool volumes (masked reconstruction, "
-            f"{pretrain_steps} steps)" + ("; continuing the interrupted run" if state.exists() else ""))
-        pretrain(find_volume_files(pool / "imagesTr"), foundation, settings.replace(pretrain_steps=pretrain_steps),
-                 progress=prog("pretrain"), resume=state.exists())
-    ws = Workspace.create(ws_dir, dataset=pool, settings=settings, import_labels=False)
+    data = prepare_data(out, Path(dataset) if dataset else None, n_pool, n_test, seed, n_source)
+    test = data.test
+    _clear_previous_demo(ws_dir, data.pool, log)
+    foundation = _foundation(out, data, settings, pretrain_steps, prog, log)
+    ws = Workspace.create(ws_dir, dataset=data.pool, settings=settings, import_labels=False)
     ws.register_model(foundation, kind="foundation")
     num_classes = len(ws.classes)
     log(f"workspace: {ws.folder} ({len(ws.cases())} unlabeled volumes, classes {', '.join(ws.classes)})")
 
     results: list[DemoRound] = []
+    if foundation_kind == "supervised":
+        t0 = time.perf_counter()
+        per_class = evaluate(foundation, test, settings, num_classes, progress=prog("round 0: test"))
+        results.append(DemoRound(0, 0, [], 0, None, float(per_class.mean()), per_class.tolist(),
+                                 time.perf_counter() - t0))
+        log(f"round 0: the other site's model before any label of this site: test Dice {results[-1].test_dice:.3f}")
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         log(f"round {r}: scoring the {len(ws.unlabeled_ids())} unlabeled volumes with the current model")

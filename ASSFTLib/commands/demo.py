@@ -10,10 +10,11 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "demo", help="run a short adaptation loop on synthetic volumes (or your labeled dataset)",
-        description="Generate a synthetic multi-scanner dataset (or split your own labeled MSD folder), pretrain a "
-                    "foundation model on the unlabeled pool, then run rounds of score -> rank (ATSQ) -> label the "
-                    "top volumes (a simulated annotator reveals their reference labels) -> fine-tune with SSFT, "
-                    "and print the test Dice of every round.")
+        description="Generate a synthetic multi-scanner dataset (or split your own labeled MSD folder), make a "
+                    "foundation model (by default a model trained at another site: pretrained on the unlabeled "
+                    "pool, then trained on labeled volumes of one other scanner), then run rounds of score -> "
+                    "rank (ATSQ) -> label the top volumes (a simulated annotator reveals their reference labels) "
+                    "-> fine-tune with SSFT, and print the test Dice of every round.")
     p.add_argument("--out", default="assft-demo",
                    help="folder for the data, the foundation model and the workspace; running again reuses the "
                         "data and the model and replaces the earlier demo's workspace (default: %(default)s)")
@@ -24,6 +25,13 @@ def add_parser(sub) -> None:
     p.add_argument("--pool", type=int, default=16, help="unlabeled pool size (default: %(default)s)")
     p.add_argument("--test", type=int, default=6, help="held-out test cases (default: %(default)s)")
     p.add_argument("--pretrain-steps", type=int, default=300, help="foundation pretraining steps (default: %(default)s)")
+    p.add_argument("--foundation", choices=("supervised", "self-supervised"), default="supervised",
+                   help="supervised: a model trained with labels at another site (the common case), adapted to this "
+                        "site's scanners; self-supervised: the pretrained model alone, with no task head "
+                        "(default: %(default)s)")
+    p.add_argument("--source", type=int, default=16,
+                   help="labeled volumes of the other site that the supervised foundation learns from "
+                        "(default: %(default)s)")
     p.add_argument("--steps", type=int, default=0,
                    help="fine-tuning steps per round (default 0: automatic, growing with the labeled set)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the training (default: %(default)s)")
@@ -60,10 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from ..dataset import dataset_classes
     rounds = run_demo(args.out, dataset=args.dataset, rounds=args.rounds, budget=args.budget, n_pool=args.pool,
                       n_test=args.test, pretrain_steps=args.pretrain_steps, steps=args.steps, seed=args.seed,
-                      device=args.device, progress=_bars)
+                      device=args.device, progress=_bars, foundation=args.foundation, n_source=args.source)
     classes = dataset_classes(Path(args.out) / "data" / "pool")
     print()
-    print("Dice on held-out test cases after each round. labels: volumes labeled so far; pseudo: pseudo-labeled "
+    print("Dice on held-out test cases after each round (round 0: the foundation before any label of this "
+          "site). labels: volumes labeled so far; pseudo: pseudo-labeled "
           "volumes SSFT added; quality: the round's own Dice on labels held out of its training ('-' below 5 "
           "labels, when none are held out); test Dice: on test cases the loop never saw (1 = perfect).")
     print(format_table(rounds, classes))

@@ -39,7 +39,7 @@ def _test_dice(model_path, test_folder, settings) -> list:
 def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "demo", "--out", str(out), "--pool", "6", "--test", "2",
-                        "--rounds", "2", "--budget", "2", "--pretrain-steps", "4", "--steps", "6",
+                        "--source", "3", "--rounds", "2", "--budget", "2", "--pretrain-steps", "4", "--steps", "6",
                         "--json", str(tmp_path / "rounds.json")],
                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -47,31 +47,87 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
     # the cold start's "no pseudo-labels" is said as a note, not as a Python warning with file:line
     assert "note: no pseudo-labels this round" in r.stdout and "TrainingWarning" not in r.stdout + r.stderr
     rounds = json.loads((tmp_path / "rounds.json").read_text())
-    assert [x["labels"] for x in rounds] == [2, 4]
-    assert [x["round"] for x in rounds] == [1, 2] and all(len(x["picked"]) == 2 for x in rounds)
+    # round 0 is the other site's model before any label of this site, then a row per labeling round
+    assert [x["labels"] for x in rounds] == [0, 2, 4]
+    assert [x["round"] for x in rounds] == [0, 1, 2] and [len(x["picked"]) for x in rounds] == [0, 2, 2]
     assert all(x["test_dice"] == pytest.approx(sum(x["test_dice_per_class"]) / 2, abs=1e-12) for x in rounds)
     # the loop really used the product: labels saved by the simulated annotator, two fine-tuned models
     ws = Workspace.open(out / "workspace")
-    assert sorted(ws.labeled_ids()) == sorted(rounds[0]["picked"] + rounds[1]["picked"])
+    assert sorted(ws.labeled_ids()) == sorted(rounds[1]["picked"] + rounds[2]["picked"])
     assert {c.labeled_by for c in ws.cases("labeled")} == {"simulated-annotator"}
     assert [m.kind for m in ws.models()] == ["foundation", "finetuned", "finetuned"]
-    # the reported test Dice is that of each round's own model on the held-out test cases
-    for x, model in zip(rounds, ws.models()[1:]):
+    # the foundation is the other site's model: trained on the source site's labels, so it has a task head
+    assert load_model(ws.models()[0].path).spec.has_task_head
+    sources, _ = load_dataset(out / "data" / "source")
+    assert len(sources) == 3 and {json.loads((out / "data" / "source" / "dataset.json").read_text())["training"][i]
+                                  ["profile"] for i in range(3)} == {"clean"}
+    # the reported test Dice is that of each round's own model (round 0: the foundation) on the held-out test cases
+    assert len(ws.models()) == len(rounds)
+    for x, model in zip(rounds, ws.models()):
         assert x["test_dice_per_class"] == pytest.approx(_test_dice(model.path, out / "data" / "test", ws.settings),
                                                          abs=1e-6)
     # the second batch was chosen after the first was labeled: no volume picked twice
-    assert not set(rounds[0]["picked"]) & set(rounds[1]["picked"])
+    assert not set(rounds[1]["picked"]) & set(rounds[2]["picked"])
     # the same command again (the README's command 1 twice in a row) reruns: data and model reused, workspace new
     again = subprocess.run([sys.executable, "-m", "ASSFTLib.cli", "demo", "--out", str(out), "--pool", "6",
-                            "--test", "2", "--rounds", "1", "--budget", "2", "--pretrain-steps", "4", "--steps", "2"],
+                            "--test", "2", "--source", "3", "--rounds", "1", "--budget", "2", "--pretrain-steps", "4",
+                            "--steps", "2"],
                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "replacing the earlier demo's workspace" in again.stdout and "reusing" in again.stdout
+    assert "replacing the earlier demo's workspace" in again.stdout
+    assert "foundation model: reusing" in again.stdout and "the other site's model: reusing" in again.stdout
     assert "test Dice" in again.stdout
     assert [m.kind for m in Workspace.open(out / "workspace").models()] == ["foundation", "finetuned"]
     # every slow step talks: pretraining is announced, and each round says what it scores and trains
     assert "pretraining on the 6 unlabeled pool volumes" in r.stdout and "round 2: scoring" in r.stdout
+    assert "trained on 3 labeled volumes of another scanner" in r.stdout
     assert not (out / "foundation.pt.job").exists() and not any((out / "workspace" / "jobs").glob("train-*"))
+    assert not (out / "foundation_supervised.ws").exists()  # the throwaway workspace of the other site's model
+
+
+def test_demo_with_a_self_supervised_foundation_has_no_round_0(tmp_path):
+    """--foundation self-supervised: the pretrained model alone, no head, so no Dice before the first labels."""
+    from ASSFTLib.demo import run_demo
+    lines = []
+    rounds = run_demo(tmp_path / "demo", rounds=1, budget=2, n_pool=4, n_test=1, pretrain_steps=2, steps=2,
+                      foundation="self-supervised", log=lines.append)
+    assert [(r.round, r.labels) for r in rounds] == [(1, 2)]
+    assert not (tmp_path / "demo" / "data" / "source").exists() and not (tmp_path / "demo" / "foundation_supervised.pt").exists()
+    ws = Workspace.open(tmp_path / "demo" / "workspace")
+    assert not load_model(ws.models()[0].path).spec.has_task_head
+    assert not any("other site" in line for line in lines)
+
+
+@pytest.mark.parametrize("foundation, source, match", [("supervised", 0, "--source"),
+                                                        ("pretrained", 4, "unknown foundation")])
+def test_demo_refuses_a_foundation_it_cannot_make_before_doing_anything(tmp_path, foundation, source, match):
+    from ASSFTLib.demo import run_demo
+    from ASSFTLib.errors import ASSFTError
+    with pytest.raises(ASSFTError, match=match) as err:
+        run_demo(tmp_path / "demo", foundation=foundation, n_source=source, log=lambda line: None)
+    assert err.value.hint and not (tmp_path / "demo").exists()
+
+
+def test_demo_split_of_a_users_dataset_is_three_disjoint_parts(tmp_path):
+    """--dataset: test cases first, then the pool, then the other site's source cases; never one case twice,
+    the same split on a rerun, and a clear error when the folder is too small for the parts asked for."""
+    from ASSFTLib import synthetic
+    from ASSFTLib.demo import prepare_data
+    from ASSFTLib.errors import DatasetError
+    mine = synthetic.make_dataset(tmp_path / "mine", 12, profiles=("clean", "thick_slices"), seed=3)
+    data = prepare_data(tmp_path / "a", mine, n_pool=5, n_test=3, seed=0, n_source=4)
+    names = {part: sorted(c.image.name for c in load_dataset(folder)[0])
+             for part, folder in (("pool", data.pool), ("test", data.test), ("source", data.source))}
+    assert [len(names[k]) for k in ("pool", "test", "source")] == [5, 3, 4]
+    assert len(set(sum(names.values(), []))) == 12
+    again = prepare_data(tmp_path / "b", mine, n_pool=5, n_test=3, seed=0, n_source=4)
+    assert sorted(c.image.name for c in load_dataset(again.source)[0]) == names["source"]
+    # without a source (a self-supervised foundation) the test and pool parts are the same as with one
+    plain = prepare_data(tmp_path / "c", mine, n_pool=5, n_test=3, seed=0)
+    assert plain.source is None and sorted(c.image.name for c in load_dataset(plain.test)[0]) == names["test"]
+    with pytest.raises(DatasetError, match="at least 16 labeled cases") as err:
+        prepare_data(tmp_path / "d", mine, n_pool=5, n_test=6, seed=0, n_source=8)
+    assert "mine" in str(err.value)
 
 
 def test_demo_never_replaces_a_folder_that_is_not_its_own_workspace(tmp_path):

@@ -680,8 +680,8 @@ def test_the_demo_split_of_a_real_dataset_stays_inside_its_folders(hippo_dir, tm
     dataset's symbolic links must stay inside it (they used to be links into the user's dataset)."""
     from ASSFTLib.dataset import load_dataset
     from ASSFTLib.demo import prepare_data
-    pool, test = prepare_data(tmp_path, hippo_dir, n_pool=6, n_test=3, seed=0)
-    for folder, n in ((pool, 6), (test, 3)):
+    data = prepare_data(tmp_path, hippo_dir, n_pool=6, n_test=3, seed=0, n_source=2)
+    for folder, n in ((data.pool, 6), (data.test, 3), (data.source, 2)):
         cases, problems = load_dataset(folder)
         assert problems == [] and len(cases) >= n
         assert not any(c.image.is_symlink() for c in cases)

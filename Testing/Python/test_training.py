@@ -345,3 +345,43 @@ def test_step_loop_reports_each_step_and_saves_the_step_to_resume_at(tmp_path):
     last = loop.run_steps(job, saved["step"], 5, "demo", step_loss)
     assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5] and last == pytest.approx(seen[-1][2]["loss"], abs=1e-5)
     assert np.isnan(loop.run_steps(job, 5, 5, "demo", step_loss))  # nothing left to run
+
+
+def test_rounds_from_weights_that_already_segment_run_at_the_warm_rate(workspace):
+    """warm_lr_ratio scales the rate only where the round starts from a model with this task's head."""
+    settings = tiny_settings(warm_lr_ratio=0.25)
+    cold = training.finetune_round(workspace, settings)  # the foundation has no head: a new head, the full rate
+    warm = training.finetune_round(workspace, settings)  # from the first round's model
+    restart = training.finetune_round(workspace, tiny_settings(warm_lr_ratio=0.25, finetune_mode="restart"))
+    assert cold["metrics"]["start"] == "foundation" and warm["metrics"]["start"] == "current"
+    assert cold["metrics"]["learning_rate"] == pytest.approx(settings.learning_rate)
+    assert warm["metrics"]["learning_rate"] == pytest.approx(0.25 * settings.learning_rate)
+    assert restart["metrics"]["learning_rate"] == pytest.approx(settings.learning_rate)
+
+
+def test_optimizer_runs_decoder_and_encoder_at_the_rounds_rate():
+    from ASSFTLib.training.finetune import _optimizer
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    enc = {name for name, _ in net.named_parameters() if name.startswith("0.")}
+    opt = _optimizer(net, enc, tiny_settings(encoder_lr_ratio=0.5), False, rate=1e-4)
+    assert {g["name"]: (g["lr"], g["initial_lr"]) for g in opt.param_groups} == {
+        "decoder": (1e-4, 1e-4), "encoder": (5e-5, 5e-5)}
+
+
+def test_train_supervised_makes_a_headed_foundation_whose_first_round_is_warm(tmp_path, tiny_dataset,
+                                                                                 foundation_file):
+    """The benchmark's supervised foundation and the demo's other-site model: a head from every label of a
+    folder, the throwaway workspace removed; a workspace that starts from it trains at the warm rate at once."""
+    target = training.train_supervised(tiny_dataset, foundation_file, tmp_path / "sup.pt", tiny_settings(),
+                                       work=tmp_path / "work")
+    assert target == tmp_path / "sup.pt" and not (tmp_path / "work").exists()
+    model = load_model(target)
+    assert model.spec.has_task_head and model.spec.classes == list(synthetic.CLASSES)
+    ws = Workspace.create(tmp_path / "ws", tiny_dataset, settings=tiny_settings(), import_labels=False)
+    case = ws.cases()[0]
+    ws.save_label(case.case_id, read_volume(case.reference_label, kind="label").array, user="test")
+    ws.register_model(target, kind="foundation")
+    first = training.finetune_round(ws, tiny_settings(warm_lr_ratio=0.1))
+    assert first["metrics"]["start"] == "current"  # a headed foundation is the workspace's current model
+    assert first["metrics"]["learning_rate"] == pytest.approx(0.1 * tiny_settings().learning_rate)
+    ws.close()

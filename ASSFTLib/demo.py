@@ -34,6 +34,7 @@ class DemoRound:
     test_dice: float
     test_dice_per_class: list[float]
     seconds: float
+    test_dice_per_scanner: dict[str, float] | None = None  # synthetic data: mean Dice per acquisition profile
 
 
 def _link_cases(cases, folder: Path, classes: Sequence[str]) -> Path:
@@ -106,9 +107,9 @@ def prepare_data(out: Path, dataset: Path | None, n_pool: int, n_test: int, seed
                     _link_cases(source_cases, source, classes) if n_source else None)
 
 
-def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int,
-             progress: Callable[[int, int, dict], None] | None = None) -> np.ndarray:
-    """Per-class Dice (mean over the test cases) of a checkpoint; shape (C - 1,)."""
+def evaluate_cases(model_path: Path, test_folder: Path, settings: Settings, num_classes: int,
+                   progress: Callable[[int, int, dict], None] | None = None) -> dict[str, np.ndarray]:
+    """Per-class Dice (shape (C - 1,)) of a checkpoint on each test case, by case id."""
     from .inference import predict_label
     from .dataset import load_dataset
     from .volumes import read_volume
@@ -116,15 +117,44 @@ def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classe
     from .models import load_model
     model = load_model(model_path, device=settings.resolved_device())
     cases, _ = load_dataset(test_folder)
-    scores = []
+    scores = {}
     for i, c in enumerate(cases):
         if progress is not None:
             progress(i, len(cases), {"case": c.case_id})
         label, _ = predict_label(model, read_volume(c.image), settings)
-        scores.append(dice_per_class(label, read_volume(c.label, kind="label").array, num_classes))
+        scores[c.case_id] = dice_per_class(label, read_volume(c.label, kind="label").array, num_classes)
     if progress is not None:
         progress(len(cases), len(cases), {})
-    return np.mean(scores, axis=0)
+    return scores
+
+
+def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classes: int,
+             progress: Callable[[int, int, dict], None] | None = None) -> np.ndarray:
+    """Per-class Dice (mean over the test cases) of a checkpoint; shape (C - 1,)."""
+    return np.mean(list(evaluate_cases(model_path, test_folder, settings, num_classes, progress).values()), axis=0)
+
+
+def test_profiles(test_folder: Path) -> dict[str, str]:
+    """Acquisition profile of each test case by case id, from a synthetic dataset.json ({} for other data)."""
+    import json
+    from .volumes import case_id_from_path
+    try:
+        entries = json.loads((Path(test_folder) / "dataset.json").read_text()).get("training", [])
+    except (OSError, ValueError):
+        return {}
+    return {case_id_from_path(e["image"]): e["profile"] for e in entries
+            if isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("profile"), str)}
+
+
+def _scored_round(index: int, labels: int, picked: list[str], pseudo: int, quality: float | None,
+                  per_case: dict[str, np.ndarray], profiles: dict[str, str], seconds: float) -> DemoRound:
+    per_class = np.mean(list(per_case.values()), axis=0)
+    by_scanner = None
+    if profiles and set(per_case) <= set(profiles):
+        by_scanner = {p: float(np.mean([per_case[c].mean() for c in per_case if profiles[c] == p]))
+                      for p in dict.fromkeys(profiles[c] for c in sorted(per_case))}
+    return DemoRound(index, labels, picked, pseudo, quality, float(per_class.mean()), per_class.tolist(), seconds,
+                     by_scanner)
 
 
 def _clear_previous_demo(ws_dir: Path, pool: Path, log: Callable[[str], None]) -> None:
@@ -150,7 +180,7 @@ FOUNDATIONS = ("supervised", "self-supervised")
 
 
 def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3, budget: int = 2,
-             n_pool: int = 16, n_test: int = 6, pretrain_steps: int = 300, steps: int = 0, seed: int = 0,
+             n_pool: int = 16, n_test: int = 16, pretrain_steps: int = 300, steps: int = 0, seed: int = 0,
              device: str = "auto", progress: ProgressFactory | None = None,
              log: Callable[[str], None] = print, foundation: str = "supervised",
              n_source: int = 16) -> list[DemoRound]:
@@ -232,11 +262,11 @@ def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test:
     log(f"workspace: {ws.folder} ({len(ws.cases())} unlabeled volumes, classes {', '.join(ws.classes)})")
 
     results: list[DemoRound] = []
+    profiles = test_profiles(test)
     if foundation_kind == "supervised":
         t0 = time.perf_counter()
-        per_class = evaluate(foundation, test, settings, num_classes, progress=prog("round 0: test"))
-        results.append(DemoRound(0, 0, [], 0, None, float(per_class.mean()), per_class.tolist(),
-                                 time.perf_counter() - t0))
+        per_case = evaluate_cases(foundation, test, settings, num_classes, progress=prog("round 0: test"))
+        results.append(_scored_round(0, 0, [], 0, None, per_case, profiles, time.perf_counter() - t0))
         log(f"round 0: the other site's model before any label of this site: test Dice {results[-1].test_dice:.3f}")
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -257,20 +287,29 @@ def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test:
             f"{len(ws.labeled_ids())} labels")
         result = finetune_round(ws, settings, progress=prog(f"round {r}: fine-tune"))
         metrics = result["metrics"]
-        per_class = evaluate(Path(result["model_path"]), test, settings, num_classes, progress=prog(f"round {r}: test"))
-        results.append(DemoRound(r, len(ws.labeled_ids()), picked, int(metrics.get("pseudo_labels") or 0),
-                                 metrics.get("heldout_dice"), float(per_class.mean()), per_class.tolist(),
-                                 time.perf_counter() - t0))
+        per_case = evaluate_cases(Path(result["model_path"]), test, settings, num_classes,
+                                  progress=prog(f"round {r}: test"))
+        results.append(_scored_round(r, len(ws.labeled_ids()), picked, int(metrics.get("pseudo_labels") or 0),
+                                     metrics.get("heldout_dice"), per_case, profiles, time.perf_counter() - t0))
         log(f"round {r}: done in {results[-1].seconds:.0f} s, test Dice {results[-1].test_dice:.3f}")
     return results
 
 
 def format_table(rounds: Sequence[DemoRound], classes: Sequence[str] | None = None) -> str:
+    """The per-round table the demo prints: Dice overall, per class and, on synthetic data, per scanner."""
+    scanners = list(dict.fromkeys(k for r in rounds for k in (r.test_dice_per_scanner or {})))
     head = f"{'round':>5} {'labels':>6} {'pseudo':>6} {'quality':>8} {'test Dice':>9}  per class"
+    if scanners:
+        head += " " * 16 + "  per scanner: " + "  ".join(scanners)
     lines = [head, "-" * len(head)]
     for r in rounds:
         q = "-" if r.quality_dice is None else f"{r.quality_dice:.3f}"
         names = classes[1:] if classes else [f"c{k + 1}" for k in range(len(r.test_dice_per_class))]
         per = "  ".join(f"{n}={d:.3f}" for n, d in zip(names, r.test_dice_per_class))
-        lines.append(f"{r.round:>5} {r.labels:>6} {r.pseudo_labels:>6} {q:>8} {r.test_dice:>9.3f}  {per}")
+        line = f"{r.round:>5} {r.labels:>6} {r.pseudo_labels:>6} {q:>8} {r.test_dice:>9.3f}  {per}"
+        if scanners:
+            by = r.test_dice_per_scanner or {}
+            line = f"{line:<{len(head) - len('  '.join(scanners))}}" + "  ".join(
+                f"{by[k]:>{len(k)}.3f}" if k in by else " " * len(k) for k in scanners)
+        lines.append(line)
     return "\n".join(lines)

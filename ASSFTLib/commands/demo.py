@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=3, help="adaptation rounds (default: %(default)s)")
     p.add_argument("--budget", type=int, default=2, help="volumes labeled per round (default: %(default)s)")
     p.add_argument("--pool", type=int, default=16, help="unlabeled pool size (default: %(default)s)")
-    p.add_argument("--test", type=int, default=6, help="held-out test cases (default: %(default)s)")
+    p.add_argument("--test", type=int, default=16,
+                   help="held-out test cases, made under the same scanner profiles as the pool (default: %(default)s)")
     p.add_argument("--pretrain-steps", type=int, default=300, help="foundation pretraining steps (default: %(default)s)")
     p.add_argument("--foundation", choices=("supervised", "self-supervised"), default="supervised",
                    help="supervised: a model trained with labels at another site (the common case), adapted to this "

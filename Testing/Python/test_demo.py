@@ -17,8 +17,8 @@ from ASSFTLib.volumes import read_volume
 from ASSFTLib.workspace import Workspace
 
 
-def _test_dice(model_path, test_folder, settings) -> list:
-    """Per-class Dice of a checkpoint, mean over the test cases, counted here rather than by ASSFTLib.metrics."""
+def _case_dice(model_path, test_folder, settings) -> list:
+    """Per-class Dice of a checkpoint on each test case (in dataset order)."""
     model = load_model(model_path, device=settings.resolved_device())
     cases, _ = load_dataset(test_folder)
     per_case, threads = [], torch.get_num_threads()
@@ -33,7 +33,7 @@ def _test_dice(model_path, test_folder, settings) -> list:
     finally:
         torch.set_num_threads(threads)
     assert len(per_case) == 2
-    return np.mean(per_case, axis=0).tolist()
+    return per_case
 
 
 def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
@@ -44,8 +44,8 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test Dice" in r.stdout
-    # the cold start's "no pseudo-labels" is said as a note, not as a Python warning with file:line
-    assert "note: no pseudo-labels this round" in r.stdout and "TrainingWarning" not in r.stdout + r.stderr
+    # the library's warnings are said as notes, not as Python warnings with file:line
+    assert "TrainingWarning" not in r.stdout + r.stderr
     rounds = json.loads((tmp_path / "rounds.json").read_text())
     # round 0 is the other site's model before any label of this site, then a row per labeling round
     assert [x["labels"] for x in rounds] == [0, 2, 4]
@@ -64,8 +64,12 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
     # the reported test Dice is that of each round's own model (round 0: the foundation) on the held-out test cases
     assert len(ws.models()) == len(rounds)
     for x, model in zip(rounds, ws.models()):
-        assert x["test_dice_per_class"] == pytest.approx(_test_dice(model.path, out / "data" / "test", ws.settings),
-                                                         abs=1e-6)
+        per_case = _case_dice(model.path, out / "data" / "test", ws.settings)
+        assert x["test_dice_per_class"] == pytest.approx(np.mean(per_case, axis=0).tolist(), abs=1e-6)
+        # and per scanner: the two synthetic test cases are made under the first two acquisition profiles
+        assert x["test_dice_per_scanner"] == pytest.approx({"clean": np.mean(per_case[0]),
+                                                            "gamma_noise": np.mean(per_case[1])}, abs=1e-6)
+    assert "per scanner: clean  gamma_noise" in r.stdout
     # the second batch was chosen after the first was labeled: no volume picked twice
     assert not set(rounds[1]["picked"]) & set(rounds[2]["picked"])
     # the same command again (the README's command 1 twice in a row) reruns: data and model reused, workspace new
@@ -96,6 +100,8 @@ def test_demo_with_a_self_supervised_foundation_has_no_round_0(tmp_path):
     ws = Workspace.open(tmp_path / "demo" / "workspace")
     assert not load_model(ws.models()[0].path).spec.has_task_head
     assert not any("other site" in line for line in lines)
+    # the cold start's "no pseudo-labels" (a TrainingWarning) is said as a note, not with Python's file:line
+    assert any(line.startswith("  note: no pseudo-labels this round") for line in lines)
 
 
 @pytest.mark.parametrize("foundation, source, match", [("supervised", 0, "--source"),

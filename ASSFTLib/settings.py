@@ -79,8 +79,8 @@ class Settings:
     encoder_lr_ratio: float = 1.0           # encoder rate / decoder rate (SPEC: 0.1, which trained the project's
                                             # self-supervised encoder less well: docs/results.md)
     learning_rate: float = 3e-3             # AdamW, the decoder's (and pretraining's) peak rate
-    warm_lr_ratio: float = 1.0              # rate of a round whose weights already segment the classes (a warm
-                                            # start, a supervised foundation) / learning_rate
+    warm_lr_ratio: float = 1.0              # rate of the rounds when the foundation already segments the classes
+                                            # (a model trained elsewhere) / learning_rate
     lr_schedule: str = "poly"               # poly: nnU-Net's (1 - t)^0.9 decay over the round | constant
     steps: int = 0                          # 0: automatic (round_steps): steps_per_label x training volumes,
     steps_per_label: int = 40               #    kept within [min_steps, max_steps]

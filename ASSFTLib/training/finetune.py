@@ -59,7 +59,7 @@ class _Start:
     source: str              # "current" | "foundation"
     source_checksum: str
     teacher: object | None   # LoadedModel with a task head, or None (cold start)
-    headed: bool = False     # the weights already segment these classes (a warm start or a headed foundation)
+    adapting: bool = False   # the foundation already segments these classes (a model trained elsewhere)
 
 
 def finetune_round(workspace, settings: Settings | None = None, progress: Progress = None,
@@ -169,14 +169,24 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
         loaded = load_model(foundation.path, device=device)
     for text in check_task_compatible(loaded, ws.classes, settings.patch_size):
         warnings.warn(text, TrainingWarning)
-    headed = bool(loaded.spec.has_task_head and loaded.spec.task == "segmentation")
-    if headed:
+    if loaded.spec.has_task_head and loaded.spec.task == "segmentation":
         network, spec = copy.deepcopy(loaded.network), loaded.spec
     else:
         network, spec, _ = make_task_network(loaded, ws.classes)
     spec = spec.replace(patch_size=list(settings.patch_size))
+    if foundation is None:
+        trained_elsewhere = None
+    elif current is not None and foundation.id == current.id:
+        trained_elsewhere = loaded_current
+    else:
+        trained_elsewhere = loaded if use_foundation else load_model(foundation.path, device="cpu")
     return _Start(network.to(device), spec, "foundation" if use_foundation else "current", loaded.checksum, teacher,
-                  headed)
+                  trained_elsewhere is not None and _segments(trained_elsewhere.spec, ws.classes))
+
+
+def _segments(spec, classes: Sequence[str]) -> bool:
+    """Whether a model with ``spec`` already segments ``classes`` (its head is kept, not replaced)."""
+    return bool(spec.has_task_head and spec.task == "segmentation" and len(spec.classes) == len(classes))
 
 
 def _plan_round(ws, settings: Settings, start: _Start) -> dict:
@@ -251,7 +261,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     labeled, pseudo = _prepare_cases(ws, settings, start, plan, job_dir, progress, should_stop)
 
     freeze = settings.finetune_mode == "frozen_encoder"
-    rate = round_learning_rate(settings, start.headed)
+    rate = round_learning_rate(settings, start.adapting)
     optimizer = _optimizer(network, encoder_parameter_names(network, spec), settings, freeze, rate)
     scaler = grad_scaler(device, settings.amp)
     first = restore_state(saved, network, optimizer, scaler)
@@ -323,10 +333,14 @@ def collapsed_quality(dice: Optional[float], parent) -> Optional[str]:
     return None
 
 
-def round_learning_rate(settings: Settings, headed: bool) -> float:
-    """Peak rate of a round: ``learning_rate``, times ``warm_lr_ratio`` when the starting weights already
-    segment these classes (a warm start from the current model, or a supervised foundation)."""
-    return settings.learning_rate * (settings.warm_lr_ratio if headed else 1.0)
+def round_learning_rate(settings: Settings, adapting: bool) -> float:
+    """Peak rate of a round: ``learning_rate``, times ``warm_lr_ratio`` when the round adapts a foundation
+    that already segments these classes (a model trained elsewhere, with its head), in every round.
+
+    Rounds from a foundation without a head (self-supervised) keep the full rate: their first round trains
+    a new head and the later ones still learn the task (docs/results.md, "The rate of rounds that adapt a
+    model trained elsewhere")."""
+    return settings.learning_rate * (settings.warm_lr_ratio if adapting else 1.0)
 
 
 def _optimizer(network: nn.Module, encoder_names: Set[str], settings: Settings,

@@ -323,3 +323,38 @@ def test_dice_axis_is_zoomed_to_the_curves_on_a_tenth_grid():
     assert dice_axis_range([0.01, 0.995]) == pytest.approx((0.0, 1.0))   # clipped to [0, 1]
     assert dice_axis_range([0.99, 0.995]) == pytest.approx((0.9, 1.0))   # never thinner than 0.1
     assert dice_axis_range([]) == (0.0, 1.0)
+
+
+def test_ablation_table_pairs_every_variant_arm_with_the_default_random_by_seed(tmp_path):
+    """Testing/benchmarks/ablation_table.py: a variant that changes training (warm_lr_ratio) changes random's
+    curve too, so random under a variant is a row of its own, paired with the default random seed by seed."""
+    import importlib.util
+    from pathlib import Path
+    from ASSFTLib.metrics import normalized_auc
+    spec = importlib.util.spec_from_file_location(
+        "ablation_table", Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    (tmp_path / "units").mkdir()
+    labels = [2, 4, 6, 8, 10]
+
+    def arm(dice):
+        return {"cold_start": "random", "rounds": [{"labels": n, "dice": d} for n, d in zip(labels, dice)]}
+
+    base = {0: [0.80, 0.81, 0.82, 0.83, 0.84], 1: [0.70, 0.72, 0.74, 0.76, 0.78]}
+    for seed in (0, 1):
+        for variant, lift in (("", 0.0), ("_set-warm_lr_ratio=0.1", 0.01 * (seed + 1))):
+            unit = {"foundation": "supervised", "strategies": {"random": arm([d + lift for d in base[seed]])}}
+            if variant:
+                unit["strategies"]["assft"] = arm([d + 0.05 for d in base[seed]])
+            (tmp_path / "units" / f"multisite_supervised_validation{variant}_seed{seed}.json").write_text(
+                json.dumps(unit))
+    rows = {(r["variant"], r["arm"]): r for r in table.rows(table.load(tmp_path))}
+    assert set(rows) == {("default", "random"), ("set-warm_lr_ratio=0.1", "random"),
+                         ("set-warm_lr_ratio=0.1", "assft")}
+    assert rows[("default", "random")]["nauc_vs_random"] is None
+    # the variant's random is 0.01 / 0.02 above the default's: a mean paired difference of 0.015
+    assert rows[("set-warm_lr_ratio=0.1", "random")]["nauc_vs_random"]["mean"] == pytest.approx(0.015)
+    assert rows[("set-warm_lr_ratio=0.1", "assft")]["nauc_vs_random"]["mean"] == pytest.approx(0.05)
+    assert rows[("default", "random")]["nauc_per_seed"] == pytest.approx(
+        [normalized_auc(np.array(labels, float), np.array(base[s])) for s in (0, 1)])

@@ -7,8 +7,9 @@ Reads every ``units/*_validation*_seed*.json`` under RUNS_OUT (the ``--out`` of
 ``--foundation supervised``, ``--cold-start`` and ``--set``), groups the units by
 foundation and variant, and prints one row per (foundation, variant, arm):
 nAUC (mean and per seed), Dice at 2/4/6/10 labels, and the paired difference
-of nAUC to random of the same foundation and seed (random does not depend on
-the variant: its cold start and its query never read what the ablations change).
+of nAUC to random of the same foundation and seed. Random run under a variant
+(one that changes training, such as ``--set warm_lr_ratio=0.1``) is a row of
+its own, paired with the default random the same way.
 """
 from __future__ import annotations
 
@@ -50,15 +51,13 @@ def rows(groups: dict) -> list[dict]:
                    if "random" in u["strategies"]}
         arms = sorted({a for u in units.values() for a in u["strategies"]})
         for arm in arms:
-            if arm == "random" and variant != "default":
-                continue
             seeds = sorted(s for s, u in units.items() if arm in u["strategies"])
             naucs = [normalized_auc(*curve(units[s]["strategies"][arm])) for s in seeds]
             dices = np.array([curve(units[s]["strategies"][arm])[1] for s in seeds])
             labels = curve(units[seeds[0]]["strategies"][arm])[0]
             paired = [s for s in seeds if s in randoms]
             diff = None
-            if arm != "random" and paired:
+            if (arm != "random" or variant != "default") and paired:
                 diff = paired_bootstrap([normalized_auc(*curve(units[s]["strategies"][arm])) for s in paired],
                                         [normalized_auc(*curve(randoms[s])) for s in paired])
             pseudo = [[(r.get("pseudo") or {}).get("admitted") for r in units[s]["strategies"][arm]["rounds"]]

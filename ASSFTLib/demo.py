@@ -134,15 +134,16 @@ def evaluate(model_path: Path, test_folder: Path, settings: Settings, num_classe
     return np.mean(list(evaluate_cases(model_path, test_folder, settings, num_classes, progress).values()), axis=0)
 
 
-def test_profiles(test_folder: Path) -> dict[str, str]:
-    """Acquisition profile of each test case by case id, from a synthetic dataset.json ({} for other data)."""
+def scanner_of_cases(folder: Path) -> dict[str, str]:
+    """Acquisition profile (scanner) of each case by case id, from a synthetic dataset.json ({} for other data)."""
     import json
     from .volumes import case_id_from_path
     try:
-        entries = json.loads((Path(test_folder) / "dataset.json").read_text()).get("training", [])
+        meta = json.loads((Path(folder) / "dataset.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {case_id_from_path(e["image"]): e["profile"] for e in entries
+    entries = meta.get("training") if isinstance(meta, dict) else None
+    return {case_id_from_path(e["image"]): e["profile"] for e in (entries if isinstance(entries, list) else [])
             if isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("profile"), str)}
 
 
@@ -262,7 +263,7 @@ def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test:
     log(f"workspace: {ws.folder} ({len(ws.cases())} unlabeled volumes, classes {', '.join(ws.classes)})")
 
     results: list[DemoRound] = []
-    profiles = test_profiles(test)
+    profiles = scanner_of_cases(test)
     if foundation_kind == "supervised":
         t0 = time.perf_counter()
         per_case = evaluate_cases(foundation, test, settings, num_classes, progress=prog("round 0: test"))

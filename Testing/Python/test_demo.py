@@ -145,3 +145,14 @@ def test_demo_never_replaces_a_folder_that_is_not_its_own_workspace(tmp_path):
     with pytest.raises(DatasetError, match="not a workspace of an earlier demo"):
         _clear_previous_demo(tmp_path / "workspace", tmp_path / "data" / "pool", print)
     assert keep.read_text() == "mine"
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"training": [{"image": "./imagesTr/a.nii.gz", "profile": "clean"}, 3, {"image": 4}]}', {"a": "clean"}),
+    ('[1, 2]', {}), ('{"training": 5}', {}), ('not json', {}), (None, {})])
+def test_scanner_columns_come_only_from_a_well_formed_dataset_json(tmp_path, content, expected):
+    """A user's dataset.json may be anything: no per-scanner columns rather than a crash at the end of a run."""
+    from ASSFTLib.demo import scanner_of_cases
+    if content is not None:
+        (tmp_path / "dataset.json").write_text(content)
+    assert scanner_of_cases(tmp_path) == expected

@@ -178,8 +178,11 @@ def _start_model(ws, settings: Settings, device: str) -> _Start:
         trained_elsewhere = None
     elif current is not None and foundation.id == current.id:
         trained_elsewhere = loaded_current
-    else:
-        trained_elsewhere = loaded if use_foundation else load_model(foundation.path, device="cpu")
+    elif use_foundation:
+        trained_elsewhere = loaded
+    else:  # only to read its head; building it must not draw from the round's seeded stream
+        with torch.random.fork_rng(devices=[]):
+            trained_elsewhere = load_model(foundation.path, device="cpu")
     return _Start(network.to(device), spec, "foundation" if use_foundation else "current", loaded.checksum, teacher,
                   trained_elsewhere is not None and _segments(trained_elsewhere.spec, ws.classes))
 

@@ -386,3 +386,18 @@ def test_train_supervised_makes_a_headed_foundation_whose_first_round_is_warm(tm
         rates.append(result["metrics"]["learning_rate"])
     assert rates == pytest.approx([0.1 * tiny_settings().learning_rate] * 3)
     ws.close()
+
+
+def test_checking_the_foundations_head_leaves_the_rounds_random_stream_alone(workspace):
+    """A warm round from a self-supervised foundation loads the foundation only to see that it has no head;
+    building that network must not draw from torch's seeded stream (dropout masks, new heads), or the round's
+    training would change with it (it did: 0.7096 -> 0.7106 Dice in a benchmark round)."""
+    from ASSFTLib.training.finetune import _start_model
+    training.finetune_round(workspace, tiny_settings())  # now the current model is a headed one of this workspace
+    torch.manual_seed(7)
+    load_model(workspace.current_model().path)  # what a warm start itself loads
+    expected = torch.get_rng_state()
+    torch.manual_seed(7)
+    start = _start_model(workspace, tiny_settings(), "cpu")
+    assert start.source == "current" and not start.adapting
+    assert torch.equal(torch.get_rng_state(), expected)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import ASSFTError, DatasetError
 from .settings import Settings
 
 ProgressFactory = Callable[[str], Callable[[int, int, dict], None]]
@@ -160,7 +160,6 @@ def _scored_round(index: int, labels: int, picked: list[str], pseudo: int, quali
 
 def _clear_previous_demo(ws_dir: Path, pool: Path, log: Callable[[str], None]) -> None:
     """Remove the workspace an earlier demo left in ``ws_dir`` (so the README's command reruns); refuse any other."""
-    from .errors import ASSFTError
     from .workspace import Workspace
     if not ws_dir.exists():
         return
@@ -173,7 +172,6 @@ def _clear_previous_demo(ws_dir: Path, pool: Path, log: Callable[[str], None]) -
         raise DatasetError("this folder holds something that is not a workspace of an earlier demo", path=ws_dir,
                            hint="pass another --out folder, or move this one away")
     log(f"replacing the earlier demo's workspace {ws_dir} (its data and foundation model are reused)")
-    import shutil
     shutil.rmtree(ws_dir)
 
 
@@ -199,7 +197,6 @@ def run_demo(out: str | Path, dataset: str | Path | None = None, rounds: int = 3
     there is replaced, so the same command runs again.  Warnings from the
     library are said through ``log`` as notes.
     """
-    from .errors import ASSFTError
     if foundation not in FOUNDATIONS:
         raise ASSFTError(f"unknown foundation {foundation!r}", hint=f"use one of {', '.join(FOUNDATIONS)}")
     if foundation == "supervised" and n_source < 1:
@@ -223,11 +220,11 @@ def _foundation(out: Path, data: DemoData, settings: Settings, pretrain_steps: i
         log(f"foundation model: reusing {pretrained} (delete it to pretrain again)")
     else:
         state = pretrained.with_name(pretrained.name + ".job") / "state.pt"
-        n_pool = len(find_volume_files(data.pool / "imagesTr"))
-        log(f"foundation model: pretraining on the {n_pool} unlabeled pool volumes (masked reconstruction, "
+        images = find_volume_files(data.pool / "imagesTr")
+        log(f"foundation model: pretraining on the {len(images)} unlabeled pool volumes (masked reconstruction, "
             f"{pretrain_steps} steps)" + ("; continuing the interrupted run" if state.exists() else ""))
-        pretrain(find_volume_files(data.pool / "imagesTr"), pretrained,
-                 settings.replace(pretrain_steps=pretrain_steps), progress=prog("pretrain"), resume=state.exists())
+        pretrain(images, pretrained, settings.replace(pretrain_steps=pretrain_steps), progress=prog("pretrain"),
+                 resume=state.exists())
     if data.source is None:
         return pretrained
     supervised = out / "foundation_supervised.pt"
@@ -299,18 +296,18 @@ def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test:
 def format_table(rounds: Sequence[DemoRound], classes: Sequence[str] | None = None) -> str:
     """The per-round table the demo prints: Dice overall, per class and, on synthetic data, per scanner."""
     scanners = list(dict.fromkeys(k for r in rounds for k in (r.test_dice_per_scanner or {})))
-    head = f"{'round':>5} {'labels':>6} {'pseudo':>6} {'quality':>8} {'test Dice':>9}  per class"
-    if scanners:
-        head += " " * 16 + "  per scanner: " + "  ".join(scanners)
-    lines = [head, "-" * len(head)]
+    rows = []
     for r in rounds:
         q = "-" if r.quality_dice is None else f"{r.quality_dice:.3f}"
         names = classes[1:] if classes else [f"c{k + 1}" for k in range(len(r.test_dice_per_class))]
         per = "  ".join(f"{n}={d:.3f}" for n, d in zip(names, r.test_dice_per_class))
-        line = f"{r.round:>5} {r.labels:>6} {r.pseudo_labels:>6} {q:>8} {r.test_dice:>9.3f}  {per}"
-        if scanners:
-            by = r.test_dice_per_scanner or {}
-            line = f"{line:<{len(head) - len('  '.join(scanners))}}" + "  ".join(
-                f"{by[k]:>{len(k)}.3f}" if k in by else " " * len(k) for k in scanners)
-        lines.append(line)
-    return "\n".join(lines)
+        by = r.test_dice_per_scanner or {}
+        rows.append((f"{r.round:>5} {r.labels:>6} {r.pseudo_labels:>6} {q:>8} {r.test_dice:>9.3f}  {per}",
+                     "  ".join(f"{by[k]:>{len(k)}.3f}" if k in by else " " * len(k) for k in scanners)))
+    head = f"{'round':>5} {'labels':>6} {'pseudo':>6} {'quality':>8} {'test Dice':>9}  per class"
+    if scanners:  # the scanner columns start after the widest per-class text, under their names
+        width = max(len(head), *(len(left) for left, _ in rows)) + 2
+        head = f"{head:<{width}}per scanner: " + "  ".join(scanners)
+        rows = [(f"{left:<{width + len('per scanner: ')}}", right) for left, right in rows]
+    lines = [head, "-" * len(head)] + [left + right for left, right in rows]
+    return "\n".join(line.rstrip() for line in lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,6 @@ def train_supervised(dataset: str | Path, base: str | Path, target: str | Path, 
     copied to ``target`` atomically.  The benchmark's supervised foundation and
     the demo's "model from another site" are made this way.  Returns ``target``.
     """
-    import shutil
     from ..fileutil import atomic_path
     from ..workspace import Workspace
     work = Path(work)

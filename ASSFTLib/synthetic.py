@@ -63,6 +63,9 @@ PROFILES: dict[str, AcquisitionShift] = {
                                       contrast=((0.0, 0.35, 0.65, 1.0), (0.0, 0.15, 0.85, 1.0)), bias=0.35),
     "thick_slices": AcquisitionShift("3x thicker slices along Z (through-plane blur, down- and upsampling) "
                                      "and 2% Gaussian noise", slice_factor=3, slice_axis=2, noise=0.02),
+    "t2_like": AcquisitionShift("another sequence, T2-weighted-like: the tone curve inverted (fluid bright, the "
+                                "structures brighter than the tissue around them) and 2% Gaussian noise",
+                                contrast=((0.0, 1.0), (1.0, 0.0)), noise=0.02),
 }
 
 

@@ -66,10 +66,13 @@ def test_demo_runs_the_loop_and_prints_dice_per_round(tmp_path):
     for x, model in zip(rounds, ws.models()):
         per_case = _case_dice(model.path, out / "data" / "test", ws.settings)
         assert x["test_dice_per_class"] == pytest.approx(np.mean(per_case, axis=0).tolist(), abs=1e-6)
-        # and per scanner: the two synthetic test cases are made under the first two acquisition profiles
-        assert x["test_dice_per_scanner"] == pytest.approx({"clean": np.mean(per_case[0]),
-                                                            "gamma_noise": np.mean(per_case[1])}, abs=1e-6)
-    assert "per scanner: clean  gamma_noise" in r.stdout
+        # and per scanner: the two synthetic test cases are made under this site's T1 scanner and T2-like sequence
+        assert x["test_dice_per_scanner"] == pytest.approx({"gamma_noise": np.mean(per_case[0]),
+                                                            "t2_like": np.mean(per_case[1])}, abs=1e-6)
+    assert "per scanner: gamma_noise  t2_like" in r.stdout
+    # this site's volumes are the site's profiles in turn, none is the other site's clean scanner
+    pool = json.loads((out / "data" / "pool" / "dataset.json").read_text())["training"]
+    assert [e["profile"] for e in pool] == ["gamma_noise", "t2_like"] * 3
     # the second batch was chosen after the first was labeled: no volume picked twice
     assert not set(rounds[1]["picked"]) & set(rounds[2]["picked"])
     # the same command again (the README's command 1 twice in a row) reruns: data and model reused, workspace new

@@ -76,6 +76,12 @@ def test_each_profile_shifts_the_statistic_it_documents():
     lo, hi = clean.min(), np.percentile(clean, 99.5)
     g = shifted["gamma_noise"]
     assert np.median((g - g.min()) / (np.percentile(g, 99.5) - g.min())) > np.median((clean - lo) / (hi - lo))
+    # the T2-like sequence inverts the tone curve: the structures turn brighter than the tissue around them
+    ring = ndimage.binary_dilation(label > 0, iterations=3) & (label == 0)
+    t2 = shifted["t2_like"]
+    assert clean[label > 0].mean() < clean[ring].mean()
+    assert t2[label > 0].mean() > t2[ring].mean() + 0.1 * t2.std()
+    assert np.corrcoef(_relative(t2).ravel(), _relative(clean).ravel())[0, 1] < -0.8
 
 
 def test_apply_shift_on_a_real_image(hippo_dir):

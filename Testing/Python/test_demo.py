@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -105,6 +106,23 @@ def test_demo_with_a_self_supervised_foundation_has_no_round_0(tmp_path):
     assert not any("other site" in line for line in lines)
     # the cold start's "no pseudo-labels" (a TrainingWarning) is said as a note, not with Python's file:line
     assert any(line.startswith("  note: no pseudo-labels this round") for line in lines)
+
+
+def test_demo_says_when_its_data_come_from_an_earlier_version(tmp_path):
+    """An --out made by an earlier demo keeps its data (and the models made from them): the run says so."""
+    from ASSFTLib import synthetic
+    from ASSFTLib.demo import run_demo
+    synthetic.make_dataset(tmp_path / "demo" / "data" / "pool", 4, profiles=("clean", "bias_contrast"))
+    lines = []
+    run_demo(tmp_path / "demo", rounds=0, n_pool=4, n_test=1, pretrain_steps=2, steps=2,
+             foundation="self-supervised", log=lines.append)
+    notes = [line for line in lines if "earlier version of the demo" in line]
+    assert len(notes) == 1 and "bias_contrast, clean" in notes[0] and "gamma_noise, t2_like" in notes[0]
+    lines.clear()
+    shutil.rmtree(tmp_path / "demo")
+    run_demo(tmp_path / "demo", rounds=0, n_pool=4, n_test=1, pretrain_steps=2, steps=2,
+             foundation="self-supervised", log=lines.append)
+    assert not any("earlier version" in line for line in lines)
 
 
 @pytest.mark.parametrize("foundation, source, match", [("supervised", 0, "--source"),

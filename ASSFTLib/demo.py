@@ -261,8 +261,8 @@ def _run_demo(out: Path, dataset, rounds: int, budget: int, n_pool: int, n_test:
                        + ("; the other site's: clean" if n_source else ""))
     log(f"data: {what} in {out / 'data'}")
     data = prepare_data(out, Path(dataset) if dataset else None, n_pool, n_test, seed, n_source)
-    made = set(scanner_of_cases(data.pool).values())
-    if dataset is None and made and made != set(SITE_PROFILES):
+    made = set(scanner_of_cases(data.pool).values())  # a small pool holds only some of the site's profiles
+    if dataset is None and not made <= set(SITE_PROFILES):
         log(f"  note: the data in {out / 'data'} were made by an earlier version of the demo ({', '.join(sorted(made))}"
             f"); delete {out} to run the current demo ({', '.join(SITE_PROFILES)})")
     test = data.test

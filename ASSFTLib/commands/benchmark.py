@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
     le.add_argument("--round-steps", type=int, help="fine-tuning steps of each later round (0: automatic)")
     le.add_argument("--report-only", action="store_true",
                     help="run nothing: summarise the (setting, seed) units already finished in --out")
+    le.add_argument("--resume-from", type=Path, metavar="RESULT_JSON",
+                    help="go on from an earlier sitting's result file (e.g. the committed "
+                         "docs/results/label_efficiency_full.json): its finished units are copied into --out "
+                         "where --out has none; a file from other options or another split is refused")
     le.add_argument("--jobs", type=int, default=1, help="(setting, seed) units run in parallel processes")
     le.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
     le.set_defaults(func=run)
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     result = le.run(args.data, args.out, profile, settings_names, test_data=args.test_data,
                     base=base, jobs=args.jobs, command=command,
                     results=args.results, report_only=args.report_only, foundation=args.foundation,
-                    evaluation=args.evaluate, cold_start=args.cold_start, variant=variant)
+                    evaluation=args.evaluate, cold_start=args.cold_start, variant=variant,
+                    resume_from=args.resume_from)
     print(le.format_table(result["summary"]))
     stem = le.result_stem(profile.name, args.foundation, args.evaluate, args.cold_start, variant)
     print(f"results: {Path(args.results or args.out) / stem}.json (+ .png)")

@@ -49,8 +49,8 @@ from .protocol import (EVAL_CLASSES, EVALUATIONS, FOUNDATIONS, PROFILES, SCANNER
                        TargetCase, arms, assign_scanners, make_split, prepare, validation_split, write_target_folder,
                        _dataset_cases)
 from .rounds import (RunConfig, annotate, cold_start, cold_start_rule, foundation_model, pretrained_model,
-                     pseudo_quality, query_round, run_strategy, run_unit, summarize_dice, supervised_model, upper_bound,
-                     _read_unit)
+                     pseudo_quality, query_round, run_strategy, run_unit, summarize_dice, supervised_model,
+                     unit_pending, upper_bound, _read_unit)
 from .summary import curve, format_table, summarize
 
 __all__ = ["EVAL_CLASSES", "EVALUATIONS", "FOUNDATIONS", "VALIDATION_SLICE", "cold_start_rule", "foundation_model",
@@ -66,7 +66,8 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
         test_data: Path | None = None, base: Settings | None = None, jobs: int = 1,
         progress: Callable[[str], None] = print, command: list[str] | None = None,
         results: Path | None = None, report_only: bool = False, foundation: str = "self-supervised",
-        evaluation: str = "test", cold_start: str | None = None, variant: str = "") -> dict:
+        evaluation: str = "test", cold_start: str | None = None, variant: str = "",
+        resume_from: Path | None = None) -> dict:
     """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
 
     out: the working folder (image cache, foundation models, workspaces, one
@@ -78,6 +79,8 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     evaluation: ``test`` (what is reported) or ``validation`` (what method choices are tuned on).
     cold_start: an ablation: this rule replaces the DKD cold start of the ATSQ family.
     variant: a name for changes in ``base`` (an ablation): it keeps their units and results apart.
+    resume_from: a result JSON of an earlier sitting of the same run (e.g. the committed one): its units are
+    written into ``out`` where ``out`` has none, so a sitting on a machine without ``out`` goes on from there.
     """
     if foundation not in FOUNDATIONS:
         raise ValueError(f"foundation must be one of {FOUNDATIONS}, not {foundation!r}")
@@ -90,22 +93,28 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     started, prov = time.perf_counter(), provenance(command)  # the commit that runs, not the one at the end
     prepared = {s: prepare(Path(data), out, s, split, test_data, evaluation) for s in settings_names}
     first = prepared[settings_names[0]]
-    if report_only:
-        units = [u for seed in range(profile.seeds) for s in settings_names
-                 if (u := _read_unit(out / "units" / f"{cfg.unit_name(s, seed, evaluation)}.json")) is not None]
-    elif jobs > 1:
-        # seed-major: the foundation of seed s+1 is pretrained while the units of seed s run
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = []
-            for seed in range(profile.seeds):
-                model = foundation_model(cfg, seed, first)
-                futures += [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed, model, foundation,
-                                        cold_start, variant) for s in settings_names]
-            units = [f.result() for f in futures]
-    else:
-        units = [run_unit(cfg, prepared[s], seed, foundation_model(cfg, seed, first))
-                 for seed in range(profile.seeds) for s in settings_names]
+    if resume_from is not None:
+        restore_units(cfg, Path(resume_from), settings_names, evaluation, split)
+    if not report_only:
+        # Two passes: every seed's arms first, then the upper bounds, so that a run stopped part-way has the
+        # paired arms of as many seeds as possible.  A unit with nothing left to do builds no foundation model.
+        for upper in (False, True):
+            todo = [(seed, s) for seed in range(profile.seeds) for s in settings_names
+                    if unit_pending(cfg, s, seed, evaluation)["upper_bound" if upper else "arms"]]
+            if jobs > 1 and todo:
+                # seed-major: the foundation of seed s+1 is built while the units of seed s run
+                from concurrent.futures import ProcessPoolExecutor
+                with ProcessPoolExecutor(max_workers=jobs) as pool:
+                    futures = [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed,
+                                           foundation_model(cfg, seed, first), foundation, cold_start, variant, upper)
+                               for seed, s in todo]
+                    for f in futures:
+                        f.result()
+            else:
+                for seed, s in todo:
+                    run_unit(cfg, prepared[s], seed, foundation_model(cfg, seed, first), upper=upper)
+    units = [u for seed in range(profile.seeds) for s in settings_names
+             if (u := _read_unit(out / "units" / f"{cfg.unit_name(s, seed, evaluation)}.json")) is not None]
     summary = summarize(units)
     result = {"benchmark": "label-efficiency", "profile": asdict(profile), "settings_run": list(settings_names),
               **prov, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -130,6 +139,47 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     return result
 
 
+def restore_units(cfg: RunConfig, path: Path, settings_names: Sequence[str], evaluation: str, split: Split) -> int:
+    """Write the units of an earlier result file into ``cfg.out/units`` where none is there; returns how many.
+
+    The file must come from the same run: the same profile, foundation,
+    evaluation, cold start, variant and split; anything else is refused, since
+    its arms would not be paired with the ones this run adds.  A unit already in
+    ``out`` is kept (it is at least as far along as the copy in a result file).
+    """
+    import json
+    from ...errors import ASSFTError
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ASSFTError(f"cannot read the earlier result {path}: {exc}",
+                         hint="name a label_efficiency_*.json that a benchmark run wrote") from exc
+    if not isinstance(earlier, dict) or earlier.get("benchmark") != "label-efficiency" or "units" not in earlier:
+        raise ASSFTError(f"{path} is not a label-efficiency result file",
+                         hint="name a label_efficiency_*.json that a benchmark run wrote")
+    proto = earlier.get("protocol", {})
+    theirs = {"profile": earlier.get("profile", {}).get("name"), "foundation": proto.get("foundation"),
+              "evaluation": proto.get("evaluation"), "cold start": proto.get("cold_start_override"),
+              "variant": proto.get("variant", ""), "split": earlier.get("split")}
+    ours = {"profile": cfg.profile.name, "foundation": cfg.foundation, "evaluation": evaluation,
+            "cold start": cfg.cold_start, "variant": cfg.variant, "split": split.to_dict()}
+    differ = [k for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise ASSFTError(f"{path} comes from a different run ({', '.join(differ)} differ), so its arms would not be "
+                         "paired with this run's", hint="resume from the result file of the same profile and options")
+    restored = 0
+    for unit in earlier["units"]:
+        if unit.get("setting") not in settings_names:
+            continue
+        target = cfg.out / "units" / f"{cfg.unit_name(unit['setting'], int(unit['seed']), evaluation)}.json"
+        if not target.exists():
+            write_json(target, unit)
+            restored += 1
+    cfg.progress(f"resumed {restored} (setting, seed) units from {path} (made by commit "
+                 f"{str(earlier.get('commit'))[:10]}, {earlier.get('date')})")
+    return restored
+
+
 def result_stem(profile: str, foundation: str = "self-supervised", evaluation: str = "test",
                 cold_start: str | None = None, variant: str = "") -> str:
     """``label_efficiency_<profile>``, plus the foundation, evaluation, cold start and variant where not the defaults."""
@@ -139,8 +189,8 @@ def result_stem(profile: str, foundation: str = "self-supervised", evaluation: s
 
 
 def _unit_in_process(out: Path, profile: Profile, base: Settings, prepared: Prepared, seed: int,
-                     model: Path, foundation: str, cold_start: str | None, variant: str) -> dict:
+                     model: Path, foundation: str, cold_start: str | None, variant: str, upper: bool = True) -> dict:
     from ...runtime import set_threads
     set_threads(1)
     return run_unit(RunConfig(out, profile, base.replace(num_threads=1), foundation=foundation,
-                              cold_start=cold_start, variant=variant), prepared, seed, model)
+                              cold_start=cold_start, variant=variant), prepared, seed, model, upper=upper)

@@ -281,8 +281,25 @@ def upper_bound(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, fo
     return rec
 
 
-def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) -> dict:
-    """Every strategy of the profile and the upper bound, for one setting and seed.
+def unit_pending(cfg: RunConfig, setting: str, seed: int, evaluation: str = "test") -> dict[str, bool]:
+    """What one (setting, seed) unit still has to run: ``{"arms": ..., "upper_bound": ...}``.
+
+    Read from its unit file alone, so a rerun can skip a finished unit without
+    building its foundation model.
+    """
+    unit = _read_unit(cfg.out / "units" / f"{cfg.unit_name(setting, seed, evaluation)}.json")
+    if unit is None:
+        return {"arms": True, "upper_bound": True}
+    arms = cfg.foundation == "supervised" and unit.get("foundation_eval") is None
+    for name in cfg.profile.strategies:
+        if seed < cfg.profile.seeds_of(name):
+            done = unit["strategies"].get(name)
+            arms = arms or done is None or (cold_ssft(cfg, STRATEGIES[name]) and not done.get("cold_ssft"))
+    return {"arms": arms, "upper_bound": unit.get("upper_bound") is None}
+
+
+def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path, upper: bool = True) -> dict:
+    """Every strategy of the profile and (``upper``) the upper bound, for one setting and seed.
 
     The partial result is rewritten after each strategy, so an interrupted run
     keeps (and on restart skips) what finished.
@@ -314,6 +331,8 @@ def run_unit(cfg: RunConfig, prepared: Prepared, seed: int, foundation: Path) ->
         res["seconds"] = time.perf_counter() - t0
         unit["strategies"][name] = res
         write_json(unit_path, unit)
+    if not upper:
+        return unit
     if unit["upper_bound"] is None and cfg.cold_start and not cfg.variant:
         # the upper bound does not depend on the cold start: the run without the ablation may have it
         without = dataclasses.replace(cfg, cold_start=None).unit_name(prepared.setting, seed, prepared.evaluation)

@@ -170,6 +170,62 @@ def test_label_efficiency_quick_end_to_end(hippo_dir, tmp_path):
 
 
 @pytest.mark.torch
+def test_a_sitting_goes_on_from_the_committed_result_on_a_new_machine(hippo_dir, tmp_path, monkeypatch):
+    """Units live in a git-ignored folder that a new machine lacks; the committed result file carries them."""
+    from ASSFTLib.errors import ASSFTError
+    profile = dataclasses.replace(le.PROFILES["quick"], seeds=2, strategies=("random",), pretrain_steps=2,
+                                  cold_steps=2, round_steps=2)
+    said: list[str] = []
+    first = le.run(hippo_dir, tmp_path / "a", profile, ("multisite",), progress=said.append)
+    # every seed's arms run before any upper bound, so a sitting stopped part-way has the paired arms
+    arms = [i for i, m in enumerate(said) if "cold start" in m]
+    uppers = [i for i, m in enumerate(said) if "upper bound" in m]
+    assert len(arms) == len(uppers) == 2 and max(arms) < min(uppers)
+
+    # a sitting that stopped after seed 0's arms committed this; the next machine has no --out
+    earlier = json.loads(json.dumps(first))
+    seed0 = next(u for u in earlier["units"] if u["seed"] == 0)
+    seed0["upper_bound"] = None
+    earlier["units"] = [seed0]
+    committed = tmp_path / "label_efficiency_quick.json"
+    committed.write_text(json.dumps(earlier))
+    said.clear()
+    second = le.run(hippo_dir, tmp_path / "b", profile, ("multisite",), progress=said.append, resume_from=committed)
+    assert said[0].startswith("resumed 1 (setting, seed) units")
+    assert [m for m in said if "cold start" in m] == ["  multisite seed 1: cold start by random"]
+    assert len([m for m in said if "upper bound" in m]) == 2
+    by_seed = {u["seed"]: u for u in second["units"]}
+    assert by_seed[0]["strategies"] == seed0["strategies"], "seed 0's arms were run again"
+    assert second["complete"] and all(u["upper_bound"] for u in second["units"])
+
+    # finished units need no foundation model: a third machine only summarises
+    def no_foundation(*_args, **_kw):
+        raise AssertionError("a foundation model was built for finished units")
+    monkeypatch.setattr(le, "foundation_model", no_foundation)
+    committed.write_text(json.dumps(second))
+    third = le.run(hippo_dir, tmp_path / "c", profile, ("multisite",), progress=lambda _: None, resume_from=committed)
+    assert third["summary"] == json.loads(json.dumps(second["summary"]))
+    # a unit already in --out is kept: it is at least as far along as a result file's copy
+    stale = dict(seed0, strategies={})
+    committed.write_text(json.dumps(dict(earlier, units=[stale])))
+    assert le.restore_units(le.RunConfig(tmp_path / "c", profile, le.Settings()), committed, ("multisite",),
+                            "test", le.make_split(sorted(le._dataset_cases(hippo_dir)), profile.sizes)) == 0
+
+    # a result of other options or another split would not be paired with this run's arms: refused
+    with pytest.raises(ASSFTError, match="foundation"):
+        le.run(hippo_dir, tmp_path / "d", profile, ("multisite",), progress=lambda _: None, resume_from=committed,
+               foundation="supervised", report_only=True)
+    committed.write_text(json.dumps(dict(earlier, split=dict(earlier["split"], test=earlier["split"]["test"][::-1]))))
+    with pytest.raises(ASSFTError, match="split"):
+        le.run(hippo_dir, tmp_path / "d", profile, ("multisite",), progress=lambda _: None, resume_from=committed,
+               report_only=True)
+    (tmp_path / "other.json").write_text(json.dumps({"volumes": []}))
+    with pytest.raises(ASSFTError, match="not a label-efficiency result"):
+        le.run(hippo_dir, tmp_path / "d", profile, ("multisite",), progress=lambda _: None,
+               resume_from=tmp_path / "other.json", report_only=True)
+
+
+@pytest.mark.torch
 def test_speed_end_to_end(tmp_path):
     from ASSFTLib.benchmark import speed
     from ASSFTLib.settings import Settings

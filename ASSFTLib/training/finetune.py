@@ -30,8 +30,8 @@ from ..settings import Settings
 from ..workspace.paths import check_job_dir
 from .cache import CachedCase, cached_labeled_case, cached_pseudo_case, prune
 from .data import PatchSampler, StepBatches, label_problems, raise_label_problems, step_batches
-from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, lr_schedule, open_state, remove_if_empty,
-                   restore_state, run_steps)
+from .loop import (Progress, ShouldStop, StepJob, StepLoss, TrainingWarning, check_finite_weights, lr_schedule,
+                   open_state, remove_if_empty, restore_state, run_steps)
 from .losses import MaskedDiceCELoss
 
 
@@ -309,16 +309,6 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
         out.unlink(missing_ok=True)  # register_model keeps its own copy under models/; ours alone goes
     return {"model_id": version.id, "model_path": str(version.path), "round_id": round_id, "metrics": metrics,
             "made_current": not refusal}
-
-
-def check_finite_weights(network: nn.Module, job_dir: Path) -> None:
-    """Refuse a diverged network (NaN/Inf weights or statistics): it is never registered, so never current."""
-    bad = [name for name, t in list(network.named_parameters()) + list(network.named_buffers())
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise ASSFTError(f"training diverged: {len(bad)} weight tensors hold NaN or infinite values "
-                         f"(first {bad[0]}); the new model was not registered and the previous one stays current",
-                         path=job_dir, hint="lower learning_rate and train again")
 
 
 #: A round whose held-out Dice falls below this share of its parent's is not made current.

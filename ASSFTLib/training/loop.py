@@ -22,7 +22,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, JobCancelled, WorkspaceError
+from ..errors import ASSFTError, CheckpointError, JobCancelled, WorkspaceError
 from ..workspace.paths import check_job_dir, job_state_path
 
 Progress = Optional[Callable[[int, int, dict], None]]
@@ -145,3 +145,14 @@ def restore_state(saved: Optional[dict], network: nn.Module, optimizer: torch.op
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     return int(saved["step"])
+
+
+def check_finite_weights(network: nn.Module, job_dir: Path,
+                         consequence: str = "the new model was not registered and the previous one stays current"
+                         ) -> None:
+    """Refuse a diverged network (NaN/Inf weights or statistics): it is never saved as a model."""
+    bad = [name for name, t in list(network.named_parameters()) + list(network.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ASSFTError(f"training diverged: {len(bad)} weight tensors hold NaN or infinite values "
+                         f"(first {bad[0]}); {consequence}", path=job_dir, hint="lower learning_rate and train again")

@@ -20,8 +20,8 @@ from ..pretext import block_mask, pretext_loss, reconstruction_spec
 from ..runtime import autocast, grad_scaler
 from ..settings import Settings
 from .data import PatchSampler, StepBatches, TrainCase, prepared_image, step_batches
-from .loop import (Progress, ShouldStop, StepJob, StepLoss, lr_schedule, open_state, remove_if_empty, restore_state,
-                   run_steps)
+from .loop import (Progress, ShouldStop, StepJob, StepLoss, check_finite_weights, lr_schedule, open_state,
+                   remove_if_empty, restore_state, run_steps)
 
 
 def pretrain(image_paths: Sequence[str | Path], out_path: str | Path, settings: Settings,
@@ -75,6 +75,7 @@ def _pretrain(image_paths, out_path: Path, settings: Settings, progress: Progres
         loss_value = run_steps(job, first, steps, "pretrain", _reconstruction_loss(network, batch, settings, device,
                                                                                    first))
     network = network.cpu().eval()
+    check_finite_weights(network, job_dir, consequence=f"no foundation model was written to {out_path}")
     metrics = {"final_loss": loss_value, "volumes": len(paths), "mask_block": settings.pretext_mask_block,
                "mask_ratio": settings.pretext_mask_ratio}
     save_checkpoint(out_path, network, spec, pretext=(network, spec),

@@ -464,6 +464,24 @@ def test_a_diverged_round_never_becomes_current(ws, monkeypatch):
     assert ws.rounds("train")[-1].status == "failed"
 
 
+def test_a_diverged_pretraining_writes_no_foundation(tmp_path, tiny_dataset, monkeypatch):  # noqa: F811
+    import torch
+    from ASSFTLib import training
+    from ASSFTLib.training import pretraining
+    real = pretraining.run_steps
+
+    def blow_up(job, *a, **k):  # stands in for an optimizer that overflowed the weights while the loss stayed finite
+        loss = real(job, *a, **k)
+        with torch.no_grad():
+            next(job.network.parameters()).fill_(float("nan"))
+        return loss
+    monkeypatch.setattr(pretraining, "run_steps", blow_up)
+    out = tmp_path / "foundation.pt"
+    with pytest.raises(ASSFTError, match=f"diverged.*no foundation model was written to {out}"):
+        training.pretrain(training.expand_image_paths([tiny_dataset]), out, tiny_settings(pretrain_steps=2))
+    assert not out.exists()
+
+
 def test_a_collapsed_round_is_kept_but_not_current_and_use_model_goes_back(ws, foundation_file, capsys):
     from ASSFTLib import training
     good = ws.register_model(foundation_file, kind="finetuned", metrics={"heldout_dice": 0.95})

@@ -132,6 +132,25 @@ def test_report_command_on_a_scored_workspace(tmp_path):
 
 
 @pytest.mark.torch
+def test_report_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, capsys):
+    from ASSFTLib import cli, scoring
+
+    _workspace(tmp_path, with_model=True).close()
+
+    def no_scoring(*_a, **_k):
+        raise AssertionError("scored before finding that --out cannot be written")
+    monkeypatch.setattr(scoring, "score_cases", no_scoring)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for out, says in ((tmp_path / "folder", "names a folder, not a file"),
+                      (tmp_path / "a_file" / "qa.html", "cannot write the report here")):
+        assert cli.main(["report", str(tmp_path / "ws"), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert str(out) in err and says in err
+    assert not (tmp_path / "folder" / "report.html").exists()
+
+
+@pytest.mark.torch
 def test_report_names_refused_candidates_and_an_empty_worklist(tmp_path):
     from ASSFTLib.report import write_report
 

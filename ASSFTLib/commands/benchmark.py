@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
                          "(default: typical for ATSQ and ASSFT, dkd for DKD)")
     le.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="an ablation: change one setting of every arm (repeatable; e.g. diversity_scale=rank); "
-                         "the run's units and result files are named after the changes")
+                         "the run's units and result files are named after the changes. The quality signal's "
+                         "hold-out is off in the benchmark unless set (kfold_min_labels=5: what users get)")
     le.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder (results and cache)")
     le.add_argument("--results", type=Path, help="folder for the result JSON and PNG (default: --out)")
     le.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
                     base=base, jobs=args.jobs, command=command,
                     results=args.results, report_only=args.report_only, foundation=args.foundation,
                     evaluation=args.evaluate, cold_start=args.cold_start, variant=variant,
-                    resume_from=args.resume_from)
+                    resume_from=args.resume_from,
+                    quality_holdout=any(o.partition("=")[0] == "kfold_min_labels" for o in args.overrides))
     print(le.format_table(result["summary"]))
     stem = le.result_stem(profile.name, args.foundation, args.evaluate, args.cold_start, variant)
     print(f"results: {Path(args.results or args.out) / stem}.json (+ .png)")

@@ -226,6 +226,24 @@ def test_a_sitting_goes_on_from_the_committed_result_on_a_new_machine(hippo_dir,
 
 
 @pytest.mark.torch
+def test_the_quality_signal_hold_out_is_off_unless_asked_for_and_then_recorded(hippo_dir, tmp_path):
+    profile = dataclasses.replace(le.PROFILES["quick"], strategies=("random",), pretrain_steps=2, cold_steps=2,
+                                  round_steps=2)
+    base = le.Settings(kfold_min_labels=2)  # a fold out of every round from 2 labels (the product: from 5)
+    plain = le.run(hippo_dir, tmp_path / "off", profile, ("multisite",), progress=lambda _: None, base=base)
+    assert all("quality" not in r for r in plain["units"][0]["strategies"]["random"]["rounds"])
+    kept = le.run(hippo_dir, tmp_path / "on", profile, ("multisite",), progress=lambda _: None, base=base,
+                  quality_holdout=True, variant="set-kfold_min_labels=2")
+    assert kept["base_settings"]["kfold_min_labels"] == 2
+    cold, later = kept["units"][0]["strategies"]["random"]["rounds"]
+    assert cold["quality"]["train_labels"] == 1 and len(cold["quality"]["heldout"]) == 1  # 2 labels in 2 folds
+    q = later["quality"]
+    assert len(q["heldout"]) == 2 and q["train_labels"] == later["labels"] - 2  # 4 labels in 2 folds
+    assert set(q["heldout"]) <= set(kept["units"][0]["strategies"]["random"]["rounds"][0]["picked"] + later["picked"])
+    assert 0.0 <= q["heldout_dice"] <= 1.0
+
+
+@pytest.mark.torch
 def test_speed_end_to_end(tmp_path):
     from ASSFTLib.benchmark import speed
     from ASSFTLib.settings import Settings

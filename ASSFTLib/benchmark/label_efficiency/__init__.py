@@ -67,7 +67,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
         progress: Callable[[str], None] = print, command: list[str] | None = None,
         results: Path | None = None, report_only: bool = False, foundation: str = "self-supervised",
         evaluation: str = "test", cold_start: str | None = None, variant: str = "",
-        resume_from: Path | None = None) -> dict:
+        resume_from: Path | None = None, quality_holdout: bool = False) -> dict:
     """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
 
     out: the working folder (image cache, foundation models, workspaces, one
@@ -81,12 +81,16 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     variant: a name for changes in ``base`` (an ablation): it keeps their units and results apart.
     resume_from: a result JSON of an earlier sitting of the same run (e.g. the committed one): its units are
     written into ``out`` where ``out`` has none, so a sitting on a machine without ``out`` goes on from there.
+    quality_holdout: keep ``base``'s ``kfold_min_labels`` (the product's quality signal holds a fold of the labels
+    out of each round's training) instead of turning it off; a ``variant`` should name it.
     """
     if foundation not in FOUNDATIONS:
         raise ValueError(f"foundation must be one of {FOUNDATIONS}, not {foundation!r}")
     from ..plotting import plot_label_efficiency
     out = Path(out)
-    base = (base or Settings()).replace(use_ssft=False, kfold_min_labels=0, patch_size=profile.patch_size)
+    # the quality signal's hold-out is off unless asked for (``quality_holdout``: measure what it costs)
+    base = (base or Settings()).replace(use_ssft=False, patch_size=profile.patch_size,
+                                        **({} if quality_holdout else {"kfold_min_labels": 0}))
     all_ids = sorted(_dataset_cases(Path(data)))
     split = make_split(all_ids, profile.sizes)
     cfg = RunConfig(out, profile, base, progress, foundation, cold_start, variant)

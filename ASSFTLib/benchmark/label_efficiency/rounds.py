@@ -226,8 +226,19 @@ def cold_start(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, rul
               "train_seconds": t_train, **_evaluate(model, prepared.test, settings)}
     if ssft:
         record["pseudo"] = pseudo_quality(foundation, result["metrics"]["pseudo_ids"], ws, settings)
+    record.update(_quality(result))
     ws.close()
     return ColdStart(picked, model, {}, record)
+
+
+def _quality(result: dict) -> dict:
+    """``{"quality": ...}`` when the round held labels out for the product's quality signal (else nothing):
+    which, their Dice, how many labels trained, and whether the model was made current."""
+    metrics = result["metrics"]
+    if not metrics.get("heldout"):
+        return {}
+    return {"quality": {"heldout": metrics["heldout"], "heldout_dice": metrics.get("heldout_dice"),
+                        "train_labels": metrics.get("train_labels"), "made_current": result.get("made_current", True)}}
 
 
 def _replay(ws, cold: ColdStart) -> None:
@@ -261,6 +272,7 @@ def run_strategy(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, s
                "train_seconds": t_train, **_evaluate(ws.current_model().path, prepared.test, settings)}
         if strategy.ssft:
             rec["pseudo"] = pseudo_quality(teacher, result["metrics"]["pseudo_ids"], ws, settings)
+        rec.update(_quality(result))
         rounds.append(rec)
         cfg.progress(f"  {prepared.setting} seed {seed} {strategy.name:<12} labels {rec['labels']:>3}: "
                      f"Dice {rec['dice']:.3f}" + (f", pseudo {rec['pseudo']['admitted']}" if rec.get("pseudo") else ""))

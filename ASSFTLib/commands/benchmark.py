@@ -54,6 +54,8 @@ def add_parser(sub) -> None:
                     help="go on from an earlier sitting's result file (e.g. the committed "
                          "docs/results/label_efficiency_full.json): its finished units are copied into --out "
                          "where --out has none; a file from other options or another split is refused")
+    le.add_argument("--no-upper-bound", dest="upper_bound", action="store_false",
+                    help="run the arms only, not the all-labels upper bound (a later run without this adds it)")
     le.add_argument("--jobs", type=int, default=1, help="(setting, seed) units run in parallel processes")
     le.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
     le.set_defaults(func=run)
@@ -176,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
                     results=args.results, report_only=args.report_only, foundation=args.foundation,
                     evaluation=args.evaluate, cold_start=args.cold_start, variant=variant,
                     resume_from=args.resume_from,
-                    quality_holdout=any(o.partition("=")[0] == "kfold_min_labels" for o in args.overrides))
+                    quality_holdout=any(o.partition("=")[0] == "kfold_min_labels" for o in args.overrides),
+                    upper_bound=args.upper_bound)
     print(le.format_table(result["summary"]))
     stem = le.result_stem(profile.name, args.foundation, args.evaluate, args.cold_start, variant)
     print(f"results: {Path(args.results or args.out) / stem}.json (+ .png)")

@@ -230,8 +230,10 @@ def test_the_quality_signal_hold_out_is_off_unless_asked_for_and_then_recorded(h
     profile = dataclasses.replace(le.PROFILES["quick"], strategies=("random",), pretrain_steps=2, cold_steps=2,
                                   round_steps=2)
     base = le.Settings(kfold_min_labels=2)  # a fold out of every round from 2 labels (the product: from 5)
-    plain = le.run(hippo_dir, tmp_path / "off", profile, ("multisite",), progress=lambda _: None, base=base)
+    plain = le.run(hippo_dir, tmp_path / "off", profile, ("multisite",), progress=lambda _: None, base=base,
+                   upper_bound=False)
     assert all("quality" not in r for r in plain["units"][0]["strategies"]["random"]["rounds"])
+    assert plain["units"][0]["upper_bound"] is None and not plain["complete"]  # arms only: a later run adds it
     kept = le.run(hippo_dir, tmp_path / "on", profile, ("multisite",), progress=lambda _: None, base=base,
                   quality_holdout=True, variant="set-kfold_min_labels=2")
     assert kept["base_settings"]["kfold_min_labels"] == 2
@@ -241,6 +243,26 @@ def test_the_quality_signal_hold_out_is_off_unless_asked_for_and_then_recorded(h
     assert len(q["heldout"]) == 2 and q["train_labels"] == later["labels"] - 2  # 4 labels in 2 folds
     assert set(q["heldout"]) <= set(kept["units"][0]["strategies"]["random"]["rounds"][0]["picked"] + later["picked"])
     assert 0.0 <= q["heldout_dice"] <= 1.0
+
+
+@pytest.mark.torch
+def test_label_efficiency_command_keeps_the_hold_out_when_set_and_can_skip_the_upper_bound(hippo_dir, tmp_path,
+                                                                                         capsys):
+    from ASSFTLib import cli
+    args = ["benchmark", "label-efficiency", "--data", str(hippo_dir), "--profile", "quick", "--setting", "multisite",
+            "--strategies", "random", "--pretrain-steps", "2", "--cold-steps", "2", "--round-steps", "2",
+            "--threads", "1", "--out", str(tmp_path), "--set", "kfold_min_labels=2", "--no-upper-bound"]
+    assert cli.main(args) == 0
+    result = json.loads((tmp_path / "label_efficiency_quick_set-kfold_min_labels=2.json").read_text())
+    assert result["base_settings"]["kfold_min_labels"] == 2 and result["protocol"]["variant"]
+    (unit,) = result["units"]
+    assert unit["upper_bound"] is None and not result["complete"]
+    assert all(r["quality"]["train_labels"] == r["labels"] // 2 for r in unit["strategies"]["random"]["rounds"])
+    # the next sitting, without --no-upper-bound, adds the upper bound to the same unit and runs no arm again
+    assert cli.main([a for a in args if a != "--no-upper-bound"]) == 0
+    again = json.loads((tmp_path / "label_efficiency_quick_set-kfold_min_labels=2.json").read_text())
+    assert again["units"][0]["strategies"] == unit["strategies"] and again["units"][0]["upper_bound"]["labels"] == 10
+    assert "upper bound" in capsys.readouterr().out
 
 
 @pytest.mark.torch

@@ -67,7 +67,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
         progress: Callable[[str], None] = print, command: list[str] | None = None,
         results: Path | None = None, report_only: bool = False, foundation: str = "self-supervised",
         evaluation: str = "test", cold_start: str | None = None, variant: str = "",
-        resume_from: Path | None = None, quality_holdout: bool = False) -> dict:
+        resume_from: Path | None = None, quality_holdout: bool = False, upper_bound: bool = True) -> dict:
     """Run the benchmark and write ``label_efficiency_<profile>.json`` and ``.png`` under ``results``.
 
     out: the working folder (image cache, foundation models, workspaces, one
@@ -83,6 +83,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     written into ``out`` where ``out`` has none, so a sitting on a machine without ``out`` goes on from there.
     quality_holdout: keep ``base``'s ``kfold_min_labels`` (the product's quality signal holds a fold of the labels
     out of each round's training) instead of turning it off; a ``variant`` should name it.
+    upper_bound: False runs the arms only (a later run adds the upper bounds to the same units).
     """
     if foundation not in FOUNDATIONS:
         raise ValueError(f"foundation must be one of {FOUNDATIONS}, not {foundation!r}")
@@ -102,7 +103,7 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     if not report_only:
         # Two passes: every seed's arms first, then the upper bounds, so that a run stopped part-way has the
         # paired arms of as many seeds as possible.  A unit with nothing left to do builds no foundation model.
-        for upper in (False, True):
+        for upper in (False, True) if upper_bound else (False,):
             todo = [(seed, s) for seed in range(profile.seeds) for s in settings_names
                     if unit_pending(cfg, s, seed, evaluation)["upper_bound" if upper else "arms"]]
             if jobs > 1 and todo:

@@ -445,19 +445,25 @@ def test_two_assft_score_at_once_the_second_is_told(ws, capsys):
 
 
 # ------------------------------------------------------------------ 7. silent garbage: diverged rounds, changed files
-def test_a_diverged_round_never_becomes_current(ws, monkeypatch):
+def _overflow_after_training(monkeypatch, module, value: float) -> None:
+    """``module.run_steps`` trains, then sets a weight to ``value``: stands in for an optimizer that overflowed
+    the weights while the loss stayed finite."""
     import torch
+    real = module.run_steps
+
+    def blow_up(job, *a, **k):
+        loss = real(job, *a, **k)
+        with torch.no_grad():
+            next(job.network.parameters()).fill_(value)
+        return loss
+    monkeypatch.setattr(module, "run_steps", blow_up)
+
+
+def test_a_diverged_round_never_becomes_current(ws, monkeypatch):
     from ASSFTLib import training
     from ASSFTLib.training import finetune
     before = ws.current_model()
-    real = finetune.run_steps
-
-    def blow_up(job, *a, **k):  # stands in for an optimizer that overflowed the weights while the loss stayed finite
-        loss = real(job, *a, **k)
-        with torch.no_grad():
-            next(job.network.parameters()).fill_(float("inf"))
-        return loss
-    monkeypatch.setattr(finetune, "run_steps", blow_up)
+    _overflow_after_training(monkeypatch, finetune, float("inf"))
     with pytest.raises(ASSFTError, match="diverged"):
         training.finetune_round(ws, ws.settings)
     assert ws.current_model().id == before.id and len(ws.models()) == 1
@@ -465,17 +471,9 @@ def test_a_diverged_round_never_becomes_current(ws, monkeypatch):
 
 
 def test_a_diverged_pretraining_writes_no_foundation(tmp_path, tiny_dataset, monkeypatch):  # noqa: F811
-    import torch
     from ASSFTLib import training
     from ASSFTLib.training import pretraining
-    real = pretraining.run_steps
-
-    def blow_up(job, *a, **k):  # stands in for an optimizer that overflowed the weights while the loss stayed finite
-        loss = real(job, *a, **k)
-        with torch.no_grad():
-            next(job.network.parameters()).fill_(float("nan"))
-        return loss
-    monkeypatch.setattr(pretraining, "run_steps", blow_up)
+    _overflow_after_training(monkeypatch, pretraining, float("nan"))
     out = tmp_path / "foundation.pt"
     with pytest.raises(ASSFTError, match=f"diverged.*no foundation model was written to {out}"):
         training.pretrain(training.expand_image_paths([tiny_dataset]), out, tiny_settings(pretrain_steps=2))

@@ -385,6 +385,11 @@ def test_cold_start_rule_by_foundation_and_ablation(tmp_path):
     supervised = RunConfig(tmp_path, profile, le.Settings(), foundation="supervised")
     assert [le.cold_start_rule(supervised, le.STRATEGIES[n]) for n in ("random", "asd", "assft")] == \
         ["random", "asd", "atsq"]
+    # ASSFT with a random query: ASSFT's cold start (and its ablations) and SSFT, random where ASSFT ranks by ATSQ
+    arm, assft = le.STRATEGIES["assft-random-query"], le.STRATEGIES["assft"]
+    assert (arm.query, arm.ssft) == ("random", True) and arm.name not in le.PROFILES["full"].strategies
+    assert [le.cold_start_rule(c, arm) for c in (plain, ablation, supervised)] == \
+        [le.cold_start_rule(plain, assft), le.cold_start_rule(ablation, assft), "random"]
     # each variant has its own unit files and result files, so one --out holds them all
     names = {plain.unit_name("multisite", 0), ablation.unit_name("multisite", 0),
              supervised.unit_name("multisite", 0), supervised.unit_name("multisite", 0, "validation")}

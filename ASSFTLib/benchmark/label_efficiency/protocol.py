@@ -64,7 +64,11 @@ def arms() -> dict[str, Strategy]:
     return {a.name: a for a in plain + with_ssft}
 
 
-STRATEGIES = arms()
+#: An ablation arm, in no profile's default list: ASSFT with random in place of the ATSQ query (the same
+#: cold start and SSFT), so that ASSFT minus it is what the query of the later rounds adds.
+RANDOM_QUERY_ARM = Strategy("assft-random-query", "random", True, "typical")
+
+STRATEGIES = {**arms(), RANDOM_QUERY_ARM.name: RANDOM_QUERY_ARM}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ... import strategies
 from ...metrics import dice_per_class
 from ...settings import Settings
 from .. import write_json
-from .protocol import EVAL_CLASSES, SCANNERS, STRATEGIES, Prepared, Profile, Strategy, TargetCase
+from .protocol import EVAL_CLASSES, RANDOM_QUERY_ARM, SCANNERS, STRATEGIES, Prepared, Profile, Strategy, TargetCase
 
 
 @dataclass
@@ -94,11 +94,12 @@ def foundation_model(cfg: RunConfig, seed: int, prepared: Prepared) -> Path:
 def cold_start_rule(cfg: RunConfig, strategy: Strategy) -> str:
     """The rule of a strategy's first query: its own when the foundation has a head, else its cold-start rule.
 
-    ``cfg.cold_start`` replaces the cold start of the ATSQ family (ATSQ, ASSFT, DKD) for an ablation.
+    ``cfg.cold_start`` replaces the cold start of the ATSQ family (ATSQ, ASSFT, DKD, and ASSFT with a random
+    query) for an ablation.
     """
     if cfg.foundation == "supervised":
         return strategy.query
-    if cfg.cold_start and strategy.query in ("atsq", "dkd"):
+    if cfg.cold_start and (strategy.query in ("atsq", "dkd") or strategy.name == RANDOM_QUERY_ARM.name):
         return cfg.cold_start
     return strategy.cold_start
 

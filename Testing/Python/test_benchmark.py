@@ -76,6 +76,11 @@ def test_summary_means_spread_auc_and_labels_to_target():
     table = le.format_table(le.summarize(units))
     assert "hippo-plain" in table and "random" in table and "6 (1/2)" in table
     assert s["nauc_vs_random"] is None  # random is the reference
+    # a seed whose upper bound has not run yet counts neither way: out of the seeds that have one
+    units.append(dict(_unit("plain", 2, [0.8, 0.8, 0.8], 0.8), upper_bound=None))
+    s = le.summarize(units)["plain"]["strategies"]["random"]
+    table = le.format_table(le.summarize(units))
+    assert s["labels_to_95"]["of"] == 2 and s["n_seeds"] == 3 and "6 (1/2)" in table and "in 2 of the 3 seeds" in table
 
 
 def test_summary_pairs_each_arm_with_random_by_seed():

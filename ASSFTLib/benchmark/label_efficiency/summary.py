@@ -21,7 +21,8 @@ def summarize(units: Sequence[dict]) -> dict:
 
     nAUC: normalised area under Dice vs labels (:func:`metrics.normalized_auc`);
     labels_to_95: first label count reaching 95 % of the same seed's upper bound
-    (None in a seed where it is never reached; ``reached`` counts the seeds that did).
+    (None in a seed where it is never reached; ``reached`` counts the seeds that did, ``of`` the
+    seeds that have an upper bound).
     nauc_vs_random: the paired difference of nAUC to random over the seeds both
     ran (same split, foundation and, where the rule is the same, cold start),
     with a bootstrap 95 % interval (:func:`metrics.paired_bootstrap`).
@@ -55,7 +56,8 @@ def summarize(units: Sequence[dict]) -> dict:
                 "nauc": _mean_sd(nauc),
                 "dice_at": {str(n): _mean_sd(dices[:, labels == n].ravel().tolist()) for n in TABLE_LABELS
                             if n in labels},
-                "labels_to_95": {"per_seed": reach, "reached": sum(r is not None for r in reach),
+                # over the seeds that have an upper bound (a sitting may not have run them all yet)
+                "labels_to_95": {"per_seed": reach, "reached": sum(r is not None for r in reach), "of": len(reach),
                                  "mean_when_reached": _mean_or_none([r for r in reach if r is not None])},
                 "pseudo_admitted": pseudo if STRATEGIES[name].ssft else None,
                 "pseudo_mean_dice": pseudo_dice if STRATEGIES[name].ssft else None,
@@ -93,6 +95,8 @@ def format_table(summary: dict) -> str:
     for setting, entry in summary.items():
         ub = entry["upper_bound"]
         ub_text = "n/a" if ub["mean"] is None else f"{ub['mean']:.3f} ± {ub['sd']:.3f}"
+        if ub["mean"] is not None and ub.get("n", len(entry["seeds"])) < len(entry["seeds"]):
+            ub_text += f" in {ub['n']} of the {len(entry['seeds'])} seeds"
         start = entry.get("foundation_dice")
         start_text = "" if not start else f"; the foundation before any target label: Dice {_fmt(start)}"
         lines.append(f"hippo-{setting}  (seeds {entry['seeds']}, upper bound with all pool labels: Dice {ub_text}"
@@ -104,8 +108,9 @@ def format_table(summary: dict) -> str:
             for n in TABLE_LABELS:
                 row += f" {_fmt(s['dice_at'].get(str(n))):>13}"
             reach = s["labels_to_95"]
-            text = (f"{reach['mean_when_reached']:.0f} ({reach['reached']}/{s['n_seeds']})"
-                    if reach["reached"] else f"> {int(max(s['labels']))} (0/{s['n_seeds']})")
+            of = reach.get("of", s["n_seeds"])
+            text = (f"{reach['mean_when_reached']:.0f} ({reach['reached']}/{of})" if reach["reached"]
+                    else f"> {int(max(s['labels']))} (0/{of})" if of else "no UB yet")
             diff = s.get("nauc_vs_random")
             paired = "-" if not diff else f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
             lines.append(row + f" {text:>14} {paired:>26}")

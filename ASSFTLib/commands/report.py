@@ -51,7 +51,7 @@ def check_writable(out: Path) -> None:
     import tempfile
     from ..errors import ASSFTError
     if out.is_dir():
-        raise ASSFTError("--out names a folder, not a file", path=out,
+        raise ASSFTError("--out is a folder, not a file", path=out,
                          hint=f"name the page to write, e.g. {out / 'report.html'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

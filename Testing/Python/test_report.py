@@ -142,7 +142,7 @@ def test_report_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, 
     monkeypatch.setattr(scoring, "score_cases", no_scoring)
     (tmp_path / "folder").mkdir()
     (tmp_path / "a_file").write_text("")
-    for out, says in ((tmp_path / "folder", "names a folder, not a file"),
+    for out, says in ((tmp_path / "folder", "is a folder, not a file"),
                       (tmp_path / "a_file" / "qa.html", "cannot write the report here")):
         assert cli.main(["report", str(tmp_path / "ws"), "--out", str(out)]) == 1
         err = capsys.readouterr().err

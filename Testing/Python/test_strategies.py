@@ -92,8 +92,9 @@ def test_one_registry_entry_reaches_settings_ranking_benchmark_and_plot(monkeypa
 
 
 def test_benchmark_arms_are_the_registry_plus_ssft_variants():
+    # plus one ablation arm that no profile runs by default: ASSFT with a random query
     assert list(le.STRATEGIES) == ["random", "entropy", "bald", "coreset", "typical", "dkd", "asd", "atsq",
-                                   "random+ssft", "assft"]
+                                   "random+ssft", "assft", "assft-random-query"]
     assert le.STRATEGIES["assft"] == le.Strategy("assft", "atsq", True, "typical")
     assert {a.cold_start for a in le.STRATEGIES.values()} <= set(strategies.names())
     with pytest.raises(ValueError, match="unknown measurements"):

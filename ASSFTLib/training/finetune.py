@@ -41,7 +41,9 @@ def holdout_fold(labeled_ids: Sequence[str], settings: Settings, round_index: in
     With k = ``kfold_min_labels`` (0 turns it off) and |L| >= k, the labeled ids
     are dealt into k folds in a seeded order and round ``r`` holds out fold
     ``r mod k``: one fold per round keeps the cost at one training run, and
-    over k rounds every fold takes its turn. Below k labels nothing is held out.
+    over k rounds with the same labels every fold takes its turn. The folds
+    are dealt again when the labeled set grows, so a volume can then be held
+    out in two rounds running. Below k labels nothing is held out.
     """
     k = int(settings.kfold_min_labels)
     ids = sorted(labeled_ids)

@@ -212,7 +212,8 @@ def test_a_sitting_goes_on_from_the_committed_result_on_a_new_machine(hippo_dir,
     assert third["summary"] == json.loads(json.dumps(second["summary"]))
     # a unit already in --out is kept: it is at least as far along as a result file's copy
     stale = dict(seed0, strategies={})
-    committed.write_text(json.dumps(dict(earlier, units=[stale])))
+    # nor does a unit whose seed is not a whole number name a file (a result file may come from someone else)
+    committed.write_text(json.dumps(dict(earlier, units=[stale, dict(seed0, seed="../../x"), dict(seed0, seed=True)])))
     assert le.restore_units(le.RunConfig(tmp_path / "c", profile, le.Settings()), committed, ("multisite",),
                             "test", le.make_split(sorted(le._dataset_cases(hippo_dir)), profile.sizes)) == 0
 

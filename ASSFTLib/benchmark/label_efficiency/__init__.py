@@ -174,9 +174,11 @@ def restore_units(cfg: RunConfig, path: Path, settings_names: Sequence[str], eva
                          "paired with this run's", hint="resume from the result file of the same profile and options")
     restored = 0
     for unit in earlier["units"]:
-        if unit.get("setting") not in settings_names:
+        # only this run's settings and whole-number seeds name a unit file (a file from elsewhere picks no path)
+        if not isinstance(unit, dict) or unit.get("setting") not in settings_names \
+                or not isinstance(unit.get("seed"), int) or isinstance(unit.get("seed"), bool):
             continue
-        target = cfg.out / "units" / f"{cfg.unit_name(unit['setting'], int(unit['seed']), evaluation)}.json"
+        target = cfg.out / "units" / f"{cfg.unit_name(unit['setting'], unit['seed'], evaluation)}.json"
         if not target.exists():
             write_json(target, unit)
             restored += 1

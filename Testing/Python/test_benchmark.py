@@ -240,9 +240,14 @@ def test_the_quality_signal_hold_out_is_off_unless_asked_for_and_then_recorded(h
                    upper_bound=False)
     assert all("quality" not in r for r in plain["units"][0]["strategies"]["random"]["rounds"])
     assert plain["units"][0]["upper_bound"] is None and not plain["complete"]  # arms only: a later run adds it
-    kept = le.run(hippo_dir, tmp_path / "on", profile, ("multisite",), progress=lambda _: None, base=base,
-                  quality_holdout=True, variant="set-kfold_min_labels=2")
+    kept = le.run(hippo_dir, tmp_path / "on", profile, ("multisite",), progress=lambda _: None,
+                  base=base.replace(query_weight=0.8), quality_holdout=True,
+                  variant="set-kfold_min_labels=2,query_weight=0.8")
     assert kept["base_settings"]["kfold_min_labels"] == 2
+    # a dot in the variant's name is kept in the file names (two variants must not share one file)
+    assert sorted(p.name for p in (tmp_path / "on").glob("label_efficiency_*")) == [
+        "label_efficiency_quick_set-kfold_min_labels=2,query_weight=0.8.json",
+        "label_efficiency_quick_set-kfold_min_labels=2,query_weight=0.8.png"]
     cold, later = kept["units"][0]["strategies"]["random"]["rounds"]
     assert cold["quality"]["train_labels"] == 1 and len(cold["quality"]["heldout"]) == 1  # 2 labels in 2 folds
     q = later["quality"]

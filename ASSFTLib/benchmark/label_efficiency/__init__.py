@@ -138,8 +138,9 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
                               for u in units) and len(units) == profile.seeds * len(settings_names),
               "summary": summary, "units": units}
     stem = Path(results or out) / result_stem(profile.name, foundation, evaluation, cold_start, variant)
-    write_json(stem.with_suffix(".json"), result)
-    plot_label_efficiency(summary, stem.with_suffix(".png"),
+    # the suffix is appended, not swapped: a variant such as ``set-query_weight=0.8`` has a dot in its name
+    write_json(stem.parent / f"{stem.name}.json", result)
+    plot_label_efficiency(summary, stem.parent / f"{stem.name}.png",
                           title=f"label efficiency ({profile.name} profile, {foundation} foundation, {evaluation})")
     return result
 

@@ -23,18 +23,8 @@ _TEMP_NAME = re.compile(r"^\.assft-tmp-[A-Za-z0-9_]{6,}\.tmp")
 _NAME_MAX = 255
 
 
-@contextmanager
-def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it over ``target``.
-
-    ``suffix`` keeps the file type visible to writers that dispatch on it
-    (``.nii.gz``, ``.nrrd``); it defaults to the target's full suffix.
-    On any exception the temporary file is removed and ``target`` is untouched.
-    The temporary is hidden and named ``.assft-tmp-<random>.tmp<suffix>`` (:func:`is_temporary`), a name no
-    case id gives.  The caller may replace it by a folder (a MONAI bundle).  ``overwrite=False`` raises
-    ``FileExistsError`` instead of replacing an existing ``target``.  A ``target`` that is a folder is an
-    :class:`~ASSFTLib.errors.ASSFTError` (``rank --csv DIR``).
-    """
+def _check_target(target: str | Path, suffix: str | None = None) -> Path:
+    """``target`` as a Path, or an :class:`~ASSFTLib.errors.ASSFTError`: a name too long, a path too long, a folder."""
     target = Path(target)
     if len(os.fsencode(target.name)) > _NAME_MAX:
         raise ASSFTError(f"file name is {len(os.fsencode(target.name))} bytes long; file systems allow {_NAME_MAX}",
@@ -47,6 +37,35 @@ def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool =
     if is_folder:
         raise ASSFTError("is a folder, not a file name", path=target,
                          hint=f"give a file name, for example {target / 'out'}{suffix or ''.join(target.suffixes)}")
+    return target
+
+
+def check_writable(target: str | Path, what: str = "the file") -> None:
+    """Fail now, not after a long job, where :func:`atomic_path` would fail: the checks it makes, and a file
+    created and removed in ``target``'s folder (made if missing)."""
+    target = _check_target(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=TEMP_PREFIX, dir=target.parent):
+            pass
+    except OSError as exc:
+        raise ASSFTError(f"cannot write {what} here: {exc.strerror or exc}", path=target,
+                         hint="choose a folder you can write to") from exc
+
+
+@contextmanager
+def atomic_path(target: str | Path, suffix: str | None = None, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it over ``target``.
+
+    ``suffix`` keeps the file type visible to writers that dispatch on it
+    (``.nii.gz``, ``.nrrd``); it defaults to the target's full suffix.
+    On any exception the temporary file is removed and ``target`` is untouched.
+    The temporary is hidden and named ``.assft-tmp-<random>.tmp<suffix>`` (:func:`is_temporary`), a name no
+    case id gives.  The caller may replace it by a folder (a MONAI bundle).  ``overwrite=False`` raises
+    ``FileExistsError`` instead of replacing an existing ``target``.  A ``target`` that is a folder is an
+    :class:`~ASSFTLib.errors.ASSFTError` (``rank --csv DIR``).
+    """
+    target = _check_target(target, suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes)[-32:] or ".tmp"

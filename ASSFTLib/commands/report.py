@@ -24,12 +24,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..fileutil import check_writable
     from ..report import write_report
     from ..workspace import Workspace
     with Workspace.open(args.workspace) as ws:
         settings = ws.settings if not args.device else ws.settings.replace(device=args.device)
         out = Path(args.out) if args.out else ws.folder / "report.html"
-        check_writable(out)  # before minutes of scoring, not after
+        check_writable(out, what="the report")  # before minutes of scoring, not after
         if args.score and ws.current_model() is not None:
             from ..scoring import score_cases
             with tqdm(desc="score", unit="case") as bar:
@@ -45,18 +46,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     return 0
 
-
-def check_writable(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written (a folder, a file as its folder, no permission), naming it."""
-    import tempfile
-    from ..errors import ASSFTError
-    if out.is_dir():
-        raise ASSFTError("--out is a folder, not a file", path=out,
-                         hint=f"name the page to write, e.g. {out / 'report.html'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as exc:
-        raise ASSFTError(f"cannot write the report here: {exc.strerror or exc}", path=out,
-                         hint="choose a folder you can write to with --out") from exc

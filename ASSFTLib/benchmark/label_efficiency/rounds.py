@@ -307,7 +307,7 @@ def unit_pending(cfg: RunConfig, setting: str, seed: int, evaluation: str = "tes
     for name in cfg.profile.strategies:
         if seed < cfg.profile.seeds_of(name):
             done = unit["strategies"].get(name)
-            arms = arms or done is None or (cold_ssft(cfg, STRATEGIES[name]) and not done.get("cold_ssft"))
+            arms = arms or done is None or _stale(cfg, name, done)
     return {"arms": arms, "upper_bound": unit.get("upper_bound") is None}
 
 
@@ -367,10 +367,15 @@ def supersede_stale(cfg: RunConfig, unit: dict, name: str) -> dict | None:
     ``unit["superseded"]`` (kept for the record, not reported) and runs again.
     """
     done = unit["strategies"].get(name)
-    if done is not None and cold_ssft(cfg, STRATEGIES[name]) and not done.get("cold_ssft"):
+    if done is not None and _stale(cfg, name, done):
         unit.setdefault("superseded", {})[name] = unit["strategies"].pop(name)
         return None
     return done
+
+
+def _stale(cfg: RunConfig, name: str, done: dict) -> bool:
+    """Whether arm ``name``'s finished result predates SSFT in the first round under a headed foundation."""
+    return cold_ssft(cfg, STRATEGIES[name]) and not done.get("cold_ssft")
 
 
 def _read_unit(path: Path) -> dict | None:

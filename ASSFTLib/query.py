@@ -357,7 +357,7 @@ def greedy_diversified(base, z, labeled_z, budget: int, gamma: float = 1.0,
 
 
 def atsq_select(K, asd, z, labeled_z, budget: int, weight: float = 0.5, gamma: float = 1.0,
-                has_task_head: bool = True, diversity_scale: str = "distance") -> Selection:
+                has_task_head: bool = True, diversity_scale: str = "distance", seed: int = 0) -> Selection:
     """ATSQ: greedy ``q(x) = [w · K̂(x) + (1 − w) · ASD̂(x)] · Div(x | S)^γ``.
 
     K, asd: ``(n,)`` raw knowledge divergence and ASD over the pool U (either may
@@ -366,6 +366,8 @@ def atsq_select(K, asd, z, labeled_z, budget: int, weight: float = 0.5, gamma: f
     Cold start (``has_task_head=False`` or no ASD): ASD̂ ≡ 0 and w = 1.
     Without K (no running statistics, no pretext head, first round): w = 0.
     With neither, the utility is constant and the batch is pure diversity.
+    diversity_scale ``clusters`` replaces ``Div^γ`` by cluster coverage
+    (:func:`clustered_select`, seeded by ``seed``).
     """
     z = _as_embeddings("pool embeddings", z)
     n = z.shape[0]
@@ -385,15 +387,19 @@ def atsq_select(K, asd, z, labeled_z, budget: int, weight: float = 0.5, gamma: f
         elif K is None:
             weight = 0.0
         base = weight * components.get("K_hat", np.zeros(n)) + (1.0 - weight) * components["ASD_hat"]
-    sel = greedy_diversified(base, z, labeled_z, budget, gamma, diversity_scale)
+    if diversity_scale == "clusters":
+        sel = clustered_select(base, z, labeled_z, budget, seed)
+    else:
+        sel = greedy_diversified(base, z, labeled_z, budget, gamma, diversity_scale)
     sel.components = {**components, **sel.components}
     return sel
 
 
-def dkd_select(K, z, labeled_z, budget: int, gamma: float = 1.0, diversity_scale: str = "distance") -> Selection:
+def dkd_select(K, z, labeled_z, budget: int, gamma: float = 1.0, diversity_scale: str = "distance",
+               seed: int = 0) -> Selection:
     """DKD only: greedy ``K̂(x) · Div(x | S)^γ``."""
     return atsq_select(K, None, z, labeled_z, budget, weight=1.0, gamma=gamma, has_task_head=False,
-                       diversity_scale=diversity_scale)
+                       diversity_scale=diversity_scale, seed=seed)
 
 
 def coreset_select(z, labeled_z, budget: int) -> Selection:
@@ -444,6 +450,41 @@ def _kmeans_labels(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return labels
 
 
+def _cluster_picks(z: np.ndarray, labeled_z: np.ndarray, budget: int, seed: int,
+                   utility: np.ndarray, typ: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """TypiClust's coverage: b picks, each from the largest k-means cluster of U ∪ L that holds no L or S case.
+
+    U ∪ L is clustered into ``|L| + b`` clusters of the L2-normalised embeddings.
+    Within the chosen cluster the pick is the case of highest ``utility``
+    (ties: higher ``typ``, then lower index); once every cluster is covered,
+    the highest utility left.  Returns ``(picked, cluster id of each pool case)``.
+    """
+    n = z.shape[0]
+    allz = np.concatenate([z, labeled_z]) if labeled_z.shape[0] else z
+    allz = allz / np.maximum(np.linalg.norm(allz, axis=1, keepdims=True), EPS)
+    k = min(labeled_z.shape[0] + min(budget, n), allz.shape[0])
+    labels = _kmeans_labels(allz, k, seed) if k > 1 else np.zeros(allz.shape[0], int)
+    pool_labels = labels[:n]
+    covered = set(labels[n:].tolist())
+    available = np.ones(n, bool)
+    # one rank for (utility, typicality, -index): larger is better
+    merit = np.empty(n)
+    merit[np.lexsort((-np.arange(n), typ, utility))] = np.arange(n)
+    picked: list[int] = []
+    for _ in range(min(budget, n)):
+        sizes = {c: int(np.sum(labels == c)) for c in set(pool_labels[available].tolist()) if c not in covered}
+        if sizes:  # the largest uncovered cluster (ties: lower cluster id)
+            cluster = max(sorted(sizes), key=lambda c: sizes[c])
+            members = available & (pool_labels == cluster)
+        else:      # every cluster covered: the best case left
+            cluster, members = None, available
+        i = int(np.argmax(np.where(members, merit, -np.inf)))
+        picked.append(i)
+        available[i] = False
+        covered.add(int(pool_labels[i]) if cluster is None else cluster)
+    return picked, pool_labels
+
+
 def typical_select(z, labeled_z, budget: int, seed: int = 0, neighbours: int = 20) -> Selection:
     """TypiClust (Hacohen et al., ICML 2022): representative cases for very small budgets.
 
@@ -458,30 +499,42 @@ def typical_select(z, labeled_z, budget: int, seed: int = 0, neighbours: int = 2
     z = _as_embeddings("pool embeddings", z)
     n = z.shape[0]
     labeled_z = _as_embeddings("labeled embeddings", labeled_z, dim=z.shape[1] if n else None)
-    typ = typicality(z, neighbours) if n else np.zeros(0)
     if n == 0:
-        return Selection(order=[], picked=[], components={"typicality": typ, "cluster": np.zeros(0)})
-    allz = np.concatenate([z, labeled_z]) if labeled_z.shape[0] else z
-    allz = allz / np.maximum(np.linalg.norm(allz, axis=1, keepdims=True), EPS)
-    k = min(labeled_z.shape[0] + min(budget, n), allz.shape[0])
-    labels = _kmeans_labels(allz, k, seed) if k > 1 else np.zeros(allz.shape[0], int)
-    pool_labels = labels[:n]
-    covered = set(labels[n:].tolist())
-    available = np.ones(n, bool)
-    picked: list[int] = []
-    for _ in range(min(budget, n)):
-        sizes = {c: int(np.sum(labels == c)) for c in set(pool_labels[available].tolist()) if c not in covered}
-        if sizes:  # the largest uncovered cluster (ties: lower cluster id)
-            cluster = max(sorted(sizes), key=lambda c: sizes[c])
-            members = available & (pool_labels == cluster)
-        else:      # every cluster covered: the most typical case left
-            cluster, members = None, available
-        i = int(np.argmax(np.where(members, typ, -np.inf)))
-        picked.append(i)
-        available[i] = False
-        covered.add(int(pool_labels[i]) if cluster is None else cluster)
-    rest = np.flatnonzero(available)
+        return Selection(order=[], picked=[], components={"typicality": np.zeros(0), "cluster": np.zeros(0)})
+    typ = typicality(z, neighbours)
+    picked, pool_labels = _cluster_picks(z, labeled_z, budget, seed, typ, typ)
+    rest = np.setdiff1d(np.arange(n), picked)
     rest = rest[np.lexsort((rest, -typ[rest]))]
-    order = picked + rest.tolist()
-    return Selection(order=order, picked=picked,
+    return Selection(order=picked + rest.tolist(), picked=picked,
                      components={"typicality": typ, "cluster": pool_labels.astype(float)})
+
+
+def clustered_select(base, z, labeled_z, budget: int, seed: int = 0, neighbours: int = 20) -> Selection:
+    """Diversity by coverage: the highest-``base`` case of each uncovered cluster (``diversity_scale`` clusters).
+
+    The clusters and their order are TypiClust's (:func:`typical_select`): the
+    largest k-means cluster of U ∪ L without a labeled or picked case first.
+    Within it the pick is the case of highest ``base · T̂``, where T̂ is the
+    typicality (:func:`typicality`) rank-normalised over U (ties: the more
+    typical).  Unlike ``base · Div``, which favours the case farthest from
+    everything labeled (often an outlier of a small scanner), this keeps the
+    batch in the parts of the pool that hold the most volumes, and inside
+    each takes an informative case that is not an outlier.  The rest is
+    ranked by ``base · T̂``.  Components: ``base``, ``typicality``, ``q``
+    (``base · T̂``), ``cluster``.
+    """
+    budget = _check_budget(budget)
+    base = _as_scores("acquisition score", base)
+    n = base.shape[0]
+    z = _as_embeddings("pool embeddings", z, n=n)
+    labeled_z = _as_embeddings("labeled embeddings", labeled_z, dim=z.shape[1] if n else None)
+    if n == 0:
+        return Selection(order=[], picked=[],
+                         components={k: np.zeros(0) for k in ("base", "typicality", "q", "cluster")})
+    typ = typicality(z, neighbours)
+    q = base * rank_normalize(typ)
+    picked, pool_labels = _cluster_picks(z, labeled_z, budget, seed, q, typ)
+    rest = np.setdiff1d(np.arange(n), picked)
+    rest = rest[np.lexsort((rest, -typ[rest], -q[rest]))]
+    return Selection(order=picked + rest.tolist(), picked=picked,
+                     components={"base": base, "typicality": typ, "q": q, "cluster": pool_labels.astype(float)})

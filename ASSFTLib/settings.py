@@ -58,7 +58,8 @@ class Settings:
     roi_fallback_fraction: float = 0.005    # top 0.5% voxels by foreground probability
     query_weight: float = 0.5               # w
     diversity_gamma: float = 1.0            # gamma
-    diversity_scale: str = "distance"       # distance: Div as defined; rank: Div rank-normalised at each pick
+    diversity_scale: str = "distance"       # distance: Div as defined; rank: Div rank-normalised at each pick;
+                                            #   clusters: the best case of each uncovered embedding cluster
     cold_start: str = "typical"             # ATSQ's query while the model has no task head: typical (TypiClust,
                                             #   chosen on the validation split) or dkd (DKD only, as first specified)
     mc_dropout_samples: int = 0             # BALD samples; 0 = only when the strategy asks
@@ -158,7 +159,8 @@ class Settings:
         check(self.strategy in strategies.names(),
               f"strategy={self.strategy!r} (one of {', '.join(strategies.names())})")
         check(self.finetune_mode in ("full", "frozen_encoder", "restart"), f"finetune_mode={self.finetune_mode!r}")
-        check(self.diversity_scale in ("distance", "rank"), f"diversity_scale={self.diversity_scale!r} (distance or rank)")
+        check(self.diversity_scale in ("distance", "rank", "clusters"),
+              f"diversity_scale={self.diversity_scale!r} (distance, rank or clusters)")
         check(self.cold_start in ("typical", "dkd"), f"cold_start={self.cold_start!r} (typical or dkd)")
         for name in ("fg_threshold", "query_weight", "confidence_threshold", "voxel_confidence",
                      "pseudo_ramp_fraction", "sw_overlap"):

@@ -151,7 +151,7 @@ register(Strategy(
     "#bfa000", cold_start="typical"))
 register(Strategy(
     "dkd", lambda pool, p: query.dkd_select(pool.get("K"), pool.zt, pool.labeled_z, p.budget, p.gamma,
-                                             p.diversity_scale), ("K",), (),
+                                             p.diversity_scale, p.seed), ("K",), (),
     "knowledge divergence times diversity (greedy)", "#9467bd", cold_start="dkd"))
 register(Strategy(
     "asd", lambda pool, p: query.asd_select(pool.get("asd"), p.budget), ("asd",), (),
@@ -161,7 +161,7 @@ def _atsq(pool: Pool, p: QueryParams) -> query.Selection:
     if not pool.has_task_head and p.cold_start == "typical":
         return query.typical_select(pool.zt, pool.labeled_z, p.budget, p.seed)
     return query.atsq_select(pool.get("K"), pool.get("asd"), pool.zt, pool.labeled_z, p.budget, p.weight, p.gamma,
-                             has_task_head=pool.has_task_head, diversity_scale=p.diversity_scale)
+                             has_task_head=pool.has_task_head, diversity_scale=p.diversity_scale, seed=p.seed)
 
 
 register(Strategy(

@@ -306,3 +306,32 @@ def test_rank_scaled_diversity_lets_the_base_score_count_as_much_as_distance():
     assert query.greedy_diversified(base, z, empty, 1, diversity_scale="rank").picked == [0]
     assert query.atsq_select([3, 1, 2], None, z, labeled, 2, has_task_head=False, diversity_scale="rank").picked \
         == query.dkd_select([3, 1, 2], z, labeled, 2, diversity_scale="rank").picked
+
+
+def test_cluster_coverage_takes_an_informative_typical_case_of_each_uncovered_cluster_not_the_outlier():
+    z, blob = _blobs([20, 12, 6])
+    outlier = _unit([[0.2, 0.2, 0.2, 1.0]])              # far from every blob
+    z = np.concatenate([z, outlier])
+    blob = np.append(blob, -1)
+    rng = np.random.default_rng(1)
+    base = 0.5 * rng.random(len(z))
+    base[-1] = 1.0                                        # the outlier has the highest utility
+    labeled = z[blob == 0][:1]                            # the largest blob is covered
+    distance = query.greedy_diversified(base, z, labeled, 2)
+    assert distance.picked[0] == len(z) - 1, "base · Div takes the outlier first"
+    sel = query.clustered_select(base, z, labeled, 2, seed=0)
+    picked_blobs = blob[sel.picked].tolist()
+    assert -1 not in picked_blobs and sorted(picked_blobs) == [1, 2], "one pick in each uncovered blob"
+    q = sel.components["q"]
+    np.testing.assert_allclose(q, base * query.rank_normalize(query.typicality(z)))
+    assert q[-1] == 0.0, "the outlier is the least typical case"
+    for i in sel.picked:                                  # within its blob, the highest base · typicality rank
+        assert q[i] == q[blob == blob[i]].max()
+    assert sorted(sel.order) == list(range(len(z)))
+    rest = sel.order[2:]
+    assert all(q[a] >= q[b] for a, b in zip(rest, rest[1:])), "the rest by base · typicality rank"
+    # ATSQ with diversity_scale clusters is this selection on its utility, seeded
+    K, asd = rng.random(len(z)), rng.random(len(z))
+    atsq = query.atsq_select(K, asd, z, labeled, 2, diversity_scale="clusters", seed=4)
+    assert atsq.picked == query.clustered_select(atsq.components["base"], z, labeled, 2, seed=4).picked
+    assert atsq.order == query.atsq_select(K, asd, z, labeled, 2, diversity_scale="clusters", seed=4).order

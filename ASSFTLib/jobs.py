@@ -341,7 +341,8 @@ def describe_event(event: dict) -> Dict[str, Any]:
     """What a panel shows for one worker event: ``fraction`` (0..1 or None), ``text`` and ``quality``.
 
     ``text`` is the status line ("" when the event changes nothing), ``quality``
-    the held-out Dice of a finished round ("" otherwise).
+    the quality signals of a finished round: the new model's held-out Dice and the
+    previous model's Dice on the volumes labeled since ("" when neither).
     """
     kind = event.get("event")
     fraction, text, quality = None, "", ""
@@ -360,8 +361,14 @@ def describe_event(event: dict) -> Dict[str, Any]:
         fraction, text = 1.0, f"{event.get('kind', 'job')} finished."
         metrics = event.get("metrics") or {}
         dice = metrics.get("heldout_dice", metrics.get("dice"))
+        parts = []
         if isinstance(dice, (int, float)):
-            quality = f"Held-out Dice of the new model: {dice:.3f}"
+            parts.append(f"Held-out Dice of the new model: {dice:.3f}")
+        before, unseen = metrics.get("new_label_dice"), metrics.get("new_label_dice_per_case") or {}
+        if isinstance(before, (int, float)):
+            parts.append(f"The previous model's Dice on the {len(unseen)} volume(s) labeled since it was trained "
+                         f"(before your corrections): {before:.3f}")
+        quality = "\n".join(parts)
     elif kind == "warning":
         text = f"Warning: {event.get('message', '')}"
     elif kind == "error":

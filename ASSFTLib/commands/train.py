@@ -82,6 +82,11 @@ def summarise(result: dict, kfold_min_labels: int | None = None) -> None:
             k = f"{kfold_min_labels}" if kfold_min_labels else "kfold_min_labels"
             print(f"  quality        not measured: with fewer than {k} labels, every label trains and none is "
                   "held out")
+        before = metrics.get("new_label_dice")
+        if before is not None:
+            n = len(metrics.get("new_label_dice_per_case") or {})
+            print(f"  new labels     the previous model's Dice on the {n} volume(s) labeled since it was trained: "
+                  f"{before:.4f} (before your corrections; costs no label)")
         if metrics.get("final_loss") is not None:
             print(f"  final loss     {metrics['final_loss']:.4f}")
         return

@@ -211,12 +211,30 @@ def _plan_round(ws, settings: Settings, start: _Start) -> dict:
                    else "the current model has not been scored (run assft score first)")
             warnings.warn(f"no pseudo-labels this round: {why}", TrainingWarning)
     train = [c for c in labeled if c not in heldout]
-    return {"labeled": labeled, "heldout": heldout, "train": train,
+    return {"labeled": labeled, "heldout": heldout, "train": train, "unseen": unseen_labels(ws, start, labeled),
             "steps": settings.round_steps(len(train) + len(promoted)),
             "promoted": {c: str(p) for c, p in promoted.items()},
             "pseudo": [] if selection is None else selection.selected,
             "selection": None if selection is None else selection.to_dict(),
             "source": start.source, "source_checksum": start.source_checksum}
+
+
+def unseen_labels(ws, start: _Start, labeled: Sequence[str]) -> List[str]:
+    """Labeled volumes the current model never trained on, neither with their label nor as a pseudo-label.
+
+    Its Dice on them is the round's second quality signal (``new_label_dice``): what the model that
+    ranked them did on the volumes labeled since, before the radiologist's corrections. It costs no
+    label. Empty without a current segmentation model or when the model does not record what it
+    trained on (models of earlier versions, imported ones).
+    """
+    current = ws.current_model()
+    if start.teacher is None or current is None:
+        return []
+    metrics = current.metrics or {}
+    if "trained_on" not in metrics:
+        return []
+    seen = set(metrics["trained_on"]) | set(metrics.get("pseudo_ids") or [])
+    return sorted(c for c in labeled if c not in seen)
 
 
 def _prepare_cases(ws, settings: Settings, start: _Start, plan: dict, job_dir: Path, progress: Progress,
@@ -284,13 +302,17 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
                                                                          steps))
     network.eval()
 
-    dice = {}
-    if plan["heldout"]:
+    dice, unseen = {}, plan.get("unseen") or []  # plans of earlier versions lack "unseen"
+    if plan["heldout"] or unseen:
         if progress is not None:
-            progress(0, len(plan["heldout"]), {"phase": "evaluate"})
+            progress(0, len(plan["heldout"]) + len(unseen), {"phase": "evaluate"})
         dice = _heldout_dice(network, spec, ws, plan["heldout"], settings)
+    before = _heldout_dice(start.teacher.network, start.teacher.spec, ws, unseen, settings) if unseen else {}
     metrics = {"heldout_dice": float(np.mean(list(dice.values()))) if dice else None,
-               "heldout_dice_per_case": dice, "heldout": plan["heldout"], "train_labels": len(plan["train"]),
+               "heldout_dice_per_case": dice, "heldout": plan["heldout"],
+               "new_label_dice": float(np.mean(list(before.values()))) if before else None,
+               "new_label_dice_per_case": before,
+               "trained_on": plan["train"] + sorted(plan["promoted"]), "train_labels": len(plan["train"]),
                "qa_promoted": sorted(plan["promoted"]), "pseudo_labels": len(plan["pseudo"]),
                "pseudo_ids": plan["pseudo"], "final_loss": loss, "steps": steps, "learning_rate": rate,
                "start": plan["source"], "finetune_mode": settings.finetune_mode, "device": device}

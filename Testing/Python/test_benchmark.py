@@ -239,6 +239,10 @@ def test_the_quality_signal_hold_out_is_off_unless_asked_for_and_then_recorded(h
     plain = le.run(hippo_dir, tmp_path / "off", profile, ("multisite",), progress=lambda _: None, base=base,
                    upper_bound=False)
     assert all("quality" not in r for r in plain["units"][0]["strategies"]["random"]["rounds"])
+    # the label-free signal: the replayed cold-start model's Dice on the volumes the next round labeled
+    cold, later = plain["units"][0]["strategies"]["random"]["rounds"]
+    assert "new_label_dice" not in cold and sorted(later["new_label_dice"]["per_case"]) == sorted(later["picked"])
+    assert 0.0 <= later["new_label_dice"]["mean"] <= 1.0
     assert plain["units"][0]["upper_bound"] is None and not plain["complete"]  # arms only: a later run adds it
     kept = le.run(hippo_dir, tmp_path / "on", profile, ("multisite",), progress=lambda _: None,
                   base=base.replace(query_weight=0.8), quality_holdout=True,

@@ -29,6 +29,14 @@ def test_result_reports_the_held_out_dice():
     assert describe_event({"event": "result", "kind": "score"})["quality"] == ""
 
 
+def test_result_reports_the_previous_models_dice_on_the_new_labels():
+    metrics = {"heldout_dice": None, "new_label_dice": 0.6543, "new_label_dice_per_case": {"a": 0.6, "b": 0.7086}}
+    quality = describe_event({"event": "result", "kind": "train", "metrics": metrics})["quality"]
+    assert "Held-out" not in quality and "0.654" in quality and "2 volume(s) labeled since" in quality
+    both = describe_event({"event": "result", "kind": "train", "metrics": {**metrics, "heldout_dice": 0.8}})["quality"]
+    assert both.splitlines()[0].endswith("0.800") and "0.654" in both.splitlines()[1]
+
+
 def test_errors_warnings_and_cancellation():
     error = describe_event({"event": "error", "message": "model.pt: cannot be read (choose another file)"})
     assert error["fraction"] is None and error["text"].startswith("Failed: model.pt")

@@ -141,6 +141,29 @@ def test_second_round_uses_ssft_selection_and_respects_qa(workspace):
     assert result["metrics"]["start"] == "current"
 
 
+def test_a_round_scores_the_previous_model_on_the_labels_it_never_trained_on(workspace):
+    """The second quality signal: the model that ranked the volumes, on the ones labeled since (no label held out)."""
+    from ASSFTLib.inference import predict_label
+    from ASSFTLib.metrics import mean_dice
+    settings = tiny_settings(use_ssft=False)
+    first = training.finetune_round(workspace, settings)["metrics"]
+    assert first["new_label_dice"] is None, "a cold start has no previous segmentation model"
+    heldout = first["heldout"]
+    assert len(heldout) == 1 and sorted(first["trained_on"]) == sorted(set(workspace.labeled_ids()) - set(heldout))
+    previous = load_model(workspace.current_model().path)
+    new_case = workspace.unlabeled_ids()[0]
+    workspace.save_label(new_case, read_volume(workspace.case(new_case).reference_label, kind="label").array,
+                         user="test")
+    second = training.finetune_round(workspace, settings)["metrics"]
+    # unseen by the previous model: the case it held out and the one labeled since; not the ones it trained on
+    assert sorted(second["new_label_dice_per_case"]) == sorted(heldout + [new_case])
+    for case_id, dice in second["new_label_dice_per_case"].items():
+        label, _ = predict_label(previous, read_volume(workspace.image_path(case_id)), settings)
+        truth = read_volume(workspace.label_path(case_id), kind="label").array
+        assert dice == pytest.approx(mean_dice(label, truth, len(workspace.classes)))
+    assert second["new_label_dice"] == pytest.approx(np.mean(list(second["new_label_dice_per_case"].values())))
+
+
 class _CachedScoresOnly:
     """Just what pseudo.select_round_pseudo reads of a workspace: ids, QA decisions and the score cache."""
 

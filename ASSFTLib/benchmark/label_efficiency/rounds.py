@@ -233,19 +233,29 @@ def cold_start(cfg: RunConfig, run_dir: Path, prepared: Prepared, seed: int, rul
 
 
 def _quality(result: dict) -> dict:
-    """``{"quality": ...}`` when the round held labels out for the product's quality signal (else nothing):
-    which, their Dice, how many labels trained, and whether the model was made current."""
-    metrics = result["metrics"]
-    if not metrics.get("heldout"):
-        return {}
-    return {"quality": {"heldout": metrics["heldout"], "heldout_dice": metrics.get("heldout_dice"),
-                        "train_labels": metrics.get("train_labels"), "made_current": result.get("made_current", True)}}
+    """The round's quality signals, as the product records them.
+
+    ``quality`` when the round held labels out (off in the benchmark unless asked for): which, their Dice,
+    how many labels trained, and whether the model was made current. ``new_label_dice`` when the model
+    the round started from had not trained on some labels (from the second round on): its mean Dice on
+    them and per case, to set against the test Dice of that model (the previous round's)."""
+    metrics, out = result["metrics"], {}
+    if metrics.get("heldout"):
+        out["quality"] = {"heldout": metrics["heldout"], "heldout_dice": metrics.get("heldout_dice"),
+                          "train_labels": metrics.get("train_labels"),
+                          "made_current": result.get("made_current", True)}
+    if metrics.get("new_label_dice") is not None:
+        out["new_label_dice"] = {"mean": metrics["new_label_dice"], "per_case": metrics["new_label_dice_per_case"]}
+    return out
 
 
 def _replay(ws, cold: ColdStart) -> None:
     """Put a cold-start round's labels, model and cached scores into a fresh workspace."""
     annotate(ws, cold.picked)
-    model = ws.register_model(cold.model, kind="finetuned", metrics={"replayed_cold_start": True})
+    admitted = sorted(((cold.record.get("pseudo") or {}).get("dice") or {}))  # its pseudo-labeled volumes
+    model = ws.register_model(cold.model, kind="finetuned", metrics={"replayed_cold_start": True,
+                                                                     "trained_on": list(cold.picked),
+                                                                     "pseudo_ids": admitted})
     for settings_hash, records in cold.scores.items():
         ws.put_scores(model.checksum, settings_hash, records)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ASSFTLib.benchmark import provenance, write_json
 
-UNIT = re.compile(r"^(?P<setting>[a-z]+)_validation(?P<variant>_set-[^_]+)?_seed(?P<seed>\d+)$")
+UNIT = re.compile(r"^(?P<setting>[a-z]+)_validation(?P<variant>_set-.+?)?_seed(?P<seed>\d+)$")
 
 
 def new_label_rows(out: Path, unit_file: Path, arm: str) -> list[dict]:

@@ -198,3 +198,8 @@ def test_a_round_says_what_it_held_out_and_what_the_quality_number_means(capsys)
                                           "heldout_dice": None}}, kfold_min_labels=5)
     out = capsys.readouterr().out
     assert "not measured: with fewer than 5 labels, every label trains" in out and "held-out Dice" not in out
+    assert "new labels" not in out, "a first round has no previous model"
+    summarise({"model_id": 4, "metrics": {"train_labels": 4, "heldout": [], "new_label_dice": 0.61234,
+                                          "new_label_dice_per_case": {"c3": 0.5, "c4": 0.72468}}})
+    out = capsys.readouterr().out
+    assert "the previous model's Dice on the 2 volume(s) labeled since it was trained: 0.6123" in out

@@ -261,9 +261,36 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def round_history(workspace) -> list[dict[str, Any]]:
+    """One row per finished fine-tuning round, oldest first: what it trained on and its two quality signals.
+
+    ``held-out Dice``: the new model on the labels held out of the round (from
+    ``kfold_min_labels`` labels); ``previous model on new labels``: the model the
+    round started from, on the labeled volumes it never trained on (costs no
+    label; low when the query picked the hard volumes). ``-`` where a round has none.
+    """
+    rows = []
+    for r in workspace.rounds("train"):
+        if r.status != "finished":
+            continue
+        m = r.metrics or {}
+        unseen = m.get("new_label_dice_per_case") or {}
+        rows.append({"round": len(rows) + 1, "model": f"#{r.model_id}" if r.model_id is not None else None,
+                     "labels trained on": m.get("train_labels"), "pseudo-labels": m.get("pseudo_labels"),
+                     "held-out Dice (labels held out)": _with_count(m.get("heldout_dice"), len(m.get("heldout") or [])),
+                     "previous model on new labels": _with_count(m.get("new_label_dice"), len(unseen)),
+                     "made current": "not_made_current" not in m})
+    return rows
+
+
+def _with_count(value: Any, n: int) -> str | None:
+    return None if value is None else f"{float(value):.3f} ({n})"
+
+
 def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
                  progress: Callable[[int, int, dict], None] | None = None) -> Path:
-    """Write the QA page of ``workspace``: the ``top`` ranked unlabeled cases and every SSFT candidate.
+    """Write the QA page of ``workspace``: its rounds so far, the ``top`` ranked unlabeled cases and every SSFT
+    candidate.
 
     Ranked cases show the current model's prediction (when it has a task head);
     candidates show their pseudo-label (``pseudo/<case>.nii.gz`` when written for
@@ -339,7 +366,14 @@ def write_report(workspace, out_html: str | Path, settings=None, top: int = 8,
         ranked_text = ("Nothing to rank yet: no unlabeled volume has a score for the current model "
                        f"(run `assft score {ws.folder}`).")
     refused = [d for d in (selection.decisions if selection is not None else []) if not d.selected]
+    history = round_history(ws)
     sections = [
+        ReportSection("Fine-tuning rounds so far",
+                      "Whether more labels still pay: per round, the new model's Dice on the labels held out of "
+                      "its training, and the previous model's Dice on the volumes labeled since it was trained "
+                      "(before any correction; low when the worklist put the hard volumes first). The number of "
+                      "volumes behind each Dice is in brackets; on 1-2 volumes either is noisy."
+                      if history else "None yet: no fine-tuning round has finished.", [], history),
         ReportSection("Ranked for labeling", ranked_text + (" " + " ".join(table.notes) if table.notes else ""),
                       ranked_entries),
         ReportSection("Pseudo-label candidates",

@@ -132,6 +132,36 @@ def test_report_command_on_a_scored_workspace(tmp_path):
 
 
 @pytest.mark.torch
+def test_report_lists_the_finished_rounds_with_both_quality_signals(tmp_path):
+    from ASSFTLib.report import round_history, write_report
+
+    ws = _workspace(tmp_path, with_model=True)
+    assert round_history(ws) == []
+    assert "None yet: no fine-tuning round has finished." in write_report(ws, tmp_path / "r0.html").read_text()
+    model = ws.current_model().id
+    # the records a fine-tuning round leaves in the workspace (training.finetune_round writes the same keys)
+    first = ws.start_round("train")
+    ws.finish_round(first, "finished", metrics={"train_labels": 2, "pseudo_labels": 0, "heldout": [],
+                                                "heldout_dice": None, "new_label_dice": None}, model_id=model)
+    ws.finish_round(ws.start_round("train"), "cancelled", metrics={"job_dir": "x"})
+    second = ws.start_round("train")
+    ws.finish_round(second, "finished", metrics={
+        "train_labels": 4, "pseudo_labels": 3, "heldout": ["synth_001"], "heldout_dice": 0.81234,
+        "new_label_dice": 0.6, "new_label_dice_per_case": {"synth_001": 0.5, "synth_002": 0.7},
+        "not_made_current": "collapsed"}, model_id=model)
+    rows = round_history(ws)
+    assert [r["round"] for r in rows] == [1, 2], "the cancelled round is not listed"
+    assert rows[0]["held-out Dice (labels held out)"] is None and rows[0]["previous model on new labels"] is None
+    assert rows[1]["held-out Dice (labels held out)"] == "0.812 (1)"
+    assert rows[1]["previous model on new labels"] == "0.600 (2)"
+    assert rows[0]["made current"] and not rows[1]["made current"]
+    page = write_report(ws, tmp_path / "r.html").read_text()
+    ws.close()
+    history = page.split("Fine-tuning rounds so far")[1].split("Ranked for labeling")[0]
+    assert "0.812 (1)" in history and "0.600 (2)" in history and history.count("<tr>") == 3  # head + 2 rounds
+
+
+@pytest.mark.torch
 def test_report_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, capsys):
     from ASSFTLib import cli, scoring
 

@@ -291,6 +291,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _afterOpen(self) -> None:
         """Show the worklist and QA; follow a job still running on this workspace; say if one can be resumed."""
+        self.ui.qualityLabel.text = self.logic.session.lastRoundQuality()
         self._refreshWorklist()
         self._refreshPseudo()
         running = [j for j in self.logic.jobs.running() if j.kind != "predict"]
@@ -466,6 +467,7 @@ class ASSFTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def reread():
             self.logic.session.reopen()
             self.ui.workspaceStatusLabel.text = self.logic.session.summary()
+            self.ui.qualityLabel.text = self.logic.session.lastRoundQuality()
             self._refreshWorklist()
             self._refreshPseudo()
         self._action(_("Could not show the job's results."), reread)

@@ -77,6 +77,17 @@ class WorkspaceSession:
             modelText = f"fine-tuned model #{model['id']}"
         return f"{s['cases']} volumes: {s['labeled']} labeled, {s['unlabeled']} to label. Model: {modelText}."
 
+    def lastRoundQuality(self) -> str:
+        """The quality signals of the last finished fine-tuning round, as the panel shows them when it ends."""
+        from ASSFTLib.jobs import describe_event
+        ws = self.require()
+        finished = [r for r in ws.rounds("train") if r.status == "finished"]
+        if not finished:
+            return ""
+        text = describe_event({"event": "result", "kind": "train", "metrics": finished[-1].metrics})["quality"]
+        return text or (f"No quality number for the last round: below {ws.settings.kfold_min_labels} labels none "
+                        "is held out, and a first round has no previous model to compare.")
+
     def panelSettings(self) -> dict:
         """The workspace's own values of the settings the panel shows (read into the panel on open)."""
         settings = self.require().settings

@@ -239,6 +239,8 @@ def test_a_whole_round_in_the_panel(version, hippo_subset, foundation, tmp_path)
         assert "finished" in ui.jobStatusLabel.text, ui.jobStatusLabel.text
         assert "fine-tuned model" in ui.workspaceStatusLabel.text
         h.screenshot("round-finished")
+        quality = ui.qualityLabel.text  # a first round below kfold_min_labels labels has no quality number
+        assert quality.startswith("No quality number for the last round: below "), quality
 
         # ------------------------------------------------------------ pre-fill from a background predict job
         assert "not scored" in ui.worklistStatusLabel.text  # a new model: the ranking needs a new score
@@ -305,8 +307,10 @@ def test_a_whole_round_in_the_panel(version, hippo_subset, foundation, tmp_path)
         with Workspace.open(ws_path) as ws:  # the reloaded panel's defaults must not overwrite the workspace
             ws.save_settings(ws.settings.replace(budget=5))
         h.set("workspacePathLineEdit", "currentPath", str(ws_path))
+        assert ui.qualityLabel.text == ""
         h.click("openWorkspaceButton")
         assert ui.budgetSpinBox.value == 5 and Workspace.open(ws_path).settings.budget == 5
+        assert ui.qualityLabel.text == quality, "a reopened workspace shows its last round's quality"
         assert "can be resumed" in ui.jobStatusLabel.text
         outside = jobs.Job.start("train", ws_path, python=sys.executable)  # as `assft train` would
         try:

@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-
-SHAPE = (20, 24, 18)
+from tiny_workspace import SHAPE, scored_workspace
 
 
 def _assft(*args, timeout=300, **kw):
@@ -24,22 +23,7 @@ def _assft(*args, timeout=300, **kw):
 @pytest.fixture()
 def scored_ws(tmp_path):
     """A workspace of 4 synthetic volumes, a tiny model with a head, one label, everything scored."""
-    import torch
-
-    from ASSFTLib import models, scoring, synthetic
-    from ASSFTLib.workspace import Workspace
-
-    data = synthetic.make_dataset(tmp_path / "data", 4, ("clean", "bias_contrast"), shape=SHAPE)
-    ws = Workspace.create(tmp_path / "ws", data, import_labels=False)
-    torch.manual_seed(0)
-    spec = models.default_spec(ws.classes, patch_size=(16, 16, 16))
-    spec = spec.replace(kwargs={**spec.kwargs, "channels": [4, 8, 16], "strides": [2, 2]}, has_task_head=True)
-    models.save_checkpoint(tmp_path / "m.pt", models.build_network(spec), spec)
-    ws.register_model(tmp_path / "m.pt", kind="foundation")
-    ws.save_label("synth_000", synthetic.make_case((0, 0), "clean", SHAPE)[1])
-    ws.save_settings(ws.settings.replace(tta_flips=False, device="cpu", budget=2))
-    scoring.score_cases(ws)
-    ws.close()
+    scored_workspace(tmp_path, budget=2).close()
     return tmp_path / "ws"
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ASSFTLib import report
+from tiny_workspace import SHAPE, scored_workspace
 
 
 def _case(shape=(20, 24, 16), seed=0):
@@ -87,34 +88,13 @@ def test_write_html_embeds_every_case_with_its_numbers(tmp_path):
 
 # ----------------------------------------------------------------------------
 # a whole workspace, through the command line
-CLASSES_SHAPE = (20, 24, 18)
-
-
-def _workspace(tmp_path, with_model: bool):
-    import torch
-
-    from ASSFTLib import models, scoring, synthetic
-    from ASSFTLib.workspace import Workspace
-
-    data = synthetic.make_dataset(tmp_path / "data", 4, ("clean", "bias_contrast"), shape=CLASSES_SHAPE)
-    ws = Workspace.create(tmp_path / "ws", data, import_labels=False)
-    if with_model:
-        torch.manual_seed(0)
-        spec = models.default_spec(ws.classes, patch_size=(16, 16, 16))
-        spec = spec.replace(kwargs={**spec.kwargs, "channels": [4, 8, 16], "strides": [2, 2]}, has_task_head=True)
-        models.save_checkpoint(tmp_path / "m.pt", models.build_network(spec), spec)
-        ws.register_model(tmp_path / "m.pt", kind="foundation")
-        ws.save_label("synth_000", synthetic.make_case((0, 0), "clean", CLASSES_SHAPE)[1])
-        ws.save_settings(ws.settings.replace(tta_flips=False, device="cpu"))
-        scoring.score_cases(ws)
-    return ws
 
 
 @pytest.mark.torch
 def test_report_command_on_a_scored_workspace(tmp_path):
     from ASSFTLib import cli
 
-    ws = _workspace(tmp_path, with_model=True)
+    ws = scored_workspace(tmp_path, with_model=True)
     # an admitting threshold, so that the candidate section is drawn too (not a scoring field: cache stays valid)
     ws.save_settings(ws.settings.replace(confidence_threshold=0.0, distance_percentile=100.0))
     unlabeled = ws.unlabeled_ids()
@@ -135,7 +115,7 @@ def test_report_command_on_a_scored_workspace(tmp_path):
 def test_report_lists_the_finished_rounds_with_both_quality_signals(tmp_path):
     from ASSFTLib.report import round_history, write_report
 
-    ws = _workspace(tmp_path, with_model=True)
+    ws = scored_workspace(tmp_path, with_model=True)
     assert round_history(ws) == []
     assert "None yet: no fine-tuning round has finished." in write_report(ws, tmp_path / "r0.html").read_text()
     model = ws.current_model().id
@@ -165,7 +145,7 @@ def test_report_lists_the_finished_rounds_with_both_quality_signals(tmp_path):
 def test_report_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, capsys):
     from ASSFTLib import cli, scoring
 
-    _workspace(tmp_path, with_model=True).close()
+    scored_workspace(tmp_path, with_model=True).close()
 
     def no_scoring(*_a, **_k):
         raise AssertionError("scored before finding that --out cannot be written")
@@ -184,14 +164,14 @@ def test_report_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, 
 def test_report_names_refused_candidates_and_an_empty_worklist(tmp_path):
     from ASSFTLib.report import write_report
 
-    ws = _workspace(tmp_path, with_model=True)
+    ws = scored_workspace(tmp_path, with_model=True)
     ws.save_settings(ws.settings.replace(confidence_threshold=1.0))  # nobody passes: every candidate is refused
     page = write_report(ws, tmp_path / "r.html", top=0).read_text()
     assert "Refused pseudo-label candidates" in page and "why not" in page
     assert all(c in page.split("Refused pseudo-label candidates")[1] for c in ws.unlabeled_ids())
     assert "The first 0" not in page
     for case_id in ws.unlabeled_ids():  # label everything: the worklist is empty, and the page says why
-        ws.save_label(case_id, np.zeros(CLASSES_SHAPE, np.uint8))
+        ws.save_label(case_id, np.zeros(SHAPE, np.uint8))
     page = write_report(ws, tmp_path / "r2.html").read_text()
     ws.close()
     assert "Nothing to rank: every volume is labeled." in page and "The first 0" not in page
@@ -201,7 +181,7 @@ def test_report_names_refused_candidates_and_an_empty_worklist(tmp_path):
 def test_report_without_a_model_says_so(tmp_path):
     from ASSFTLib.report import write_report
 
-    ws = _workspace(tmp_path, with_model=False)
+    ws = scored_workspace(tmp_path, with_model=False)
     page = write_report(ws, tmp_path / "r.html").read_text()
     ws.close()
     assert "register a foundation model" in page

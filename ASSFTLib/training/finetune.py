@@ -219,13 +219,19 @@ def _plan_round(ws, settings: Settings, start: _Start) -> dict:
             "source": start.source, "source_checksum": start.source_checksum}
 
 
+#: At most this many volumes enter the previous model's new-label Dice (the most recently labeled): each
+#: costs one more prediction, and a site that labels many volumes between two rounds should not wait for all.
+NEW_LABEL_EVAL_MAX = 8
+
+
 def unseen_labels(ws, start: _Start, labeled: Sequence[str]) -> List[str]:
     """Labeled volumes the current model never trained on, neither with their label nor as a pseudo-label.
 
     Its Dice on them is the round's second quality signal (``new_label_dice``): what the model that
     ranked them did on the volumes labeled since, before the radiologist's corrections. It costs no
-    label. Empty without a current segmentation model or when the model does not record what it
-    trained on (models of earlier versions, imported ones).
+    label. At most :data:`NEW_LABEL_EVAL_MAX`, the most recently labeled. Empty without a current
+    segmentation model or when the model does not record what it trained on (models of earlier
+    versions, imported ones).
     """
     current = ws.current_model()
     if start.teacher is None or current is None:
@@ -234,7 +240,9 @@ def unseen_labels(ws, start: _Start, labeled: Sequence[str]) -> List[str]:
     if "trained_on" not in metrics:
         return []
     seen = set(metrics["trained_on"]) | set(metrics.get("pseudo_ids") or [])
-    return sorted(c for c in labeled if c not in seen)
+    unseen = [ws.case(c) for c in labeled if c not in seen]
+    latest = sorted(unseen, key=lambda c: (c.labeled_at or "", c.case_id))[-NEW_LABEL_EVAL_MAX:]
+    return sorted(c.case_id for c in latest)
 
 
 def _prepare_cases(ws, settings: Settings, start: _Start, plan: dict, job_dir: Path, progress: Progress,

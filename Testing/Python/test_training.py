@@ -141,7 +141,7 @@ def test_second_round_uses_ssft_selection_and_respects_qa(workspace):
     assert result["metrics"]["start"] == "current"
 
 
-def test_a_round_scores_the_previous_model_on_the_labels_it_never_trained_on(workspace):
+def test_a_round_scores_the_previous_model_on_the_labels_it_never_trained_on(workspace, monkeypatch):
     """The second quality signal: the model that ranked the volumes, on the ones labeled since (no label held out)."""
     from ASSFTLib.inference import predict_label
     from ASSFTLib.metrics import mean_dice
@@ -162,6 +162,19 @@ def test_a_round_scores_the_previous_model_on_the_labels_it_never_trained_on(wor
         truth = read_volume(workspace.label_path(case_id), kind="label").array
         assert dice == pytest.approx(mean_dice(label, truth, len(workspace.classes)))
     assert second["new_label_dice"] == pytest.approx(np.mean(list(second["new_label_dice_per_case"].values())))
+    # many volumes labeled between two rounds: only the most recently labeled are predicted
+    from types import SimpleNamespace
+    from ASSFTLib.training import finetune
+    later = workspace.unlabeled_ids()[:2]
+    for case_id in later:
+        workspace.save_label(case_id, read_volume(workspace.case(case_id).reference_label, kind="label").array,
+                             user="test")
+    start = SimpleNamespace(teacher=object())  # unseen_labels only asks whether the start model can segment
+    unseen = finetune.unseen_labels(workspace, start, workspace.labeled_ids())
+    assert set(later) <= set(unseen) and len(unseen) == len(later) + len(second["heldout"])
+    monkeypatch.setattr(finetune, "NEW_LABEL_EVAL_MAX", 1)
+    assert finetune.unseen_labels(workspace, start, workspace.labeled_ids()) == [later[-1]]
+    assert finetune.unseen_labels(workspace, SimpleNamespace(teacher=None), workspace.labeled_ids()) == []
 
 
 class _CachedScoresOnly:

@@ -290,6 +290,7 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
     from ..models import encoder_module_names, encoder_parameter_names, save_checkpoint
     spec, network = start.spec, start.network
     labeled, pseudo = _prepare_cases(ws, settings, start, plan, job_dir, progress, should_stop)
+    before = _new_label_dice(ws, start, plan.get("unseen") or [], settings, progress)  # older plans lack it
 
     freeze = settings.finetune_mode == "frozen_encoder"
     rate = round_learning_rate(settings, start.adapting)
@@ -310,12 +311,11 @@ def _run_round(ws, settings, start: _Start, plan: dict, saved: Optional[dict], d
                                                                          steps))
     network.eval()
 
-    dice, unseen = {}, plan.get("unseen") or []  # plans of earlier versions lack "unseen"
-    if plan["heldout"] or unseen:
+    dice = {}
+    if plan["heldout"]:
         if progress is not None:
-            progress(0, len(plan["heldout"]) + len(unseen), {"phase": "evaluate"})
+            progress(0, len(plan["heldout"]), {"phase": "evaluate"})
         dice = _heldout_dice(network, spec, ws, plan["heldout"], settings)
-    before = _heldout_dice(start.teacher.network, start.teacher.spec, ws, unseen, settings) if unseen else {}
     metrics = {"heldout_dice": float(np.mean(list(dice.values()))) if dice else None,
                "heldout_dice_per_case": dice, "heldout": plan["heldout"],
                "new_label_dice": float(np.mean(list(before.values()))) if before else None,
@@ -422,6 +422,22 @@ def _segmentation_loss(network: nn.Module, next_batch: Callable[[int], dict], ps
         return loss, {"pseudo_weight": round(lam, 4)}
 
     return step_loss
+
+
+def _new_label_dice(ws, start: _Start, unseen: Sequence[str], settings: Settings,
+                    progress: Progress) -> Dict[str, float]:
+    """The start model's Dice on the labels it never trained on (before any step, so the round does not
+    train only to fail here). A quality number and no more: when it cannot be measured the round warns
+    and goes on without it."""
+    if not unseen or start.teacher is None:
+        return {}
+    if progress is not None:
+        progress(0, len(unseen), {"phase": "evaluate"})
+    try:
+        return _heldout_dice(start.teacher.network, start.teacher.spec, ws, unseen, settings)
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: the round's training must not be lost to it
+        warnings.warn(f"the previous model's Dice on the new labels was not measured: {exc}", TrainingWarning)
+        return {}
 
 
 def _heldout_dice(network: nn.Module, spec, ws, case_ids: Sequence[str], settings: Settings) -> Dict[str, float]:

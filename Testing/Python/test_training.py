@@ -177,6 +177,27 @@ def test_a_round_scores_the_previous_model_on_the_labels_it_never_trained_on(wor
     assert finetune.unseen_labels(workspace, SimpleNamespace(teacher=None), workspace.labeled_ids()) == []
 
 
+def test_a_new_label_dice_that_cannot_be_measured_costs_the_round_nothing(workspace, monkeypatch):
+    from ASSFTLib.training import finetune
+    settings = tiny_settings(use_ssft=False, kfold_min_labels=0)
+    training.finetune_round(workspace, settings)
+    new_case = workspace.unlabeled_ids()[0]
+    workspace.save_label(new_case, read_volume(workspace.case(new_case).reference_label, kind="label").array,
+                         user="test")
+    measured = finetune._heldout_dice
+
+    def out_of_memory(network, spec, ws, case_ids, settings):
+        if list(case_ids) == [new_case]:  # the previous model on the new label
+            raise RuntimeError("CUDA out of memory (stand-in: no GPU here)")
+        return measured(network, spec, ws, case_ids, settings)
+    monkeypatch.setattr(finetune, "_heldout_dice", out_of_memory)
+    before = workspace.current_model().id
+    with pytest.warns(training.TrainingWarning, match="Dice on the new labels was not measured: CUDA out of memory"):
+        result = training.finetune_round(workspace, settings)
+    assert result["metrics"]["new_label_dice"] is None and result["metrics"]["new_label_dice_per_case"] == {}
+    assert workspace.current_model().id == result["model_id"] != before  # the round still trained and registered
+
+
 class _CachedScoresOnly:
     """Just what pseudo.select_round_pseudo reads of a workspace: ids, QA decisions and the score cache."""
 

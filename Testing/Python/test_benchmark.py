@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_summary_means_spread_auc_and_labels_to_target():
     s = le.summarize(units)["plain"]["strategies"]["random"]
     table = le.format_table(le.summarize(units))
     assert s["labels_to_95"]["of"] == 2 and s["n_seeds"] == 3 and "6 (1/2)" in table and "in 2 of the 3 seeds" in table
+    assert re.search(r"random\s+3\s+0\.", table), "each arm's row says how many seeds it ran"
 
 
 def test_summary_pairs_each_arm_with_random_by_seed():

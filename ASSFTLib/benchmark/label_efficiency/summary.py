@@ -90,7 +90,8 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
 
 
 def format_table(summary: dict) -> str:
-    """The printed summary: nAUC, Dice at 2/4/6/10 labels and labels to 95 % of the upper bound."""
+    """The printed summary: per arm the seeds it ran, nAUC, Dice at 2/4/6/10 labels, labels to 95 % of the upper
+    bound and the paired difference to random."""
     lines = []
     for setting, entry in summary.items():
         ub = entry["upper_bound"]
@@ -101,10 +102,11 @@ def format_table(summary: dict) -> str:
         start_text = "" if not start else f"; the foundation before any target label: Dice {_fmt(start)}"
         lines.append(f"hippo-{setting}  (seeds {entry['seeds']}, upper bound with all pool labels: Dice {ub_text}"
                      f"{start_text})")
-        head = f"  {'strategy':<12} {'nAUC':>13}" + "".join(f" {'Dice@' + str(n):>13}" for n in TABLE_LABELS)
+        head = (f"  {'strategy':<12} {'seeds':>5} {'nAUC':>13}"
+                + "".join(f" {'Dice@' + str(n):>13}" for n in TABLE_LABELS))
         lines.append(head + f" {'labels→95%UB':>14} {'nAUC - random [95% CI]':>26}")
         for name, s in entry["strategies"].items():
-            row = f"  {name:<12} {_fmt(s['nauc']):>13}"
+            row = f"  {name:<12} {s['n_seeds']:>5} {_fmt(s['nauc']):>13}"  # a sitting may have run some seeds
             for n in TABLE_LABELS:
                 row += f" {_fmt(s['dice_at'].get(str(n))):>13}"
             reach = s["labels_to_95"]

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage, stats
 
+from .coverage import EPS, cluster_picks, cosine_distance
 from .errors import ArrayError
 
 #: Embeddings closer than this (cosine distance) count as the same volume.
 DUPLICATE_DISTANCE = 1e-6
-#: Floor on variances and probabilities before logs and divisions.
-EPS = 1e-8
 
 
 @dataclass
@@ -134,15 +133,6 @@ def knowledge_divergence_bnstats(stats_per_layer, running_per_layer) -> float:
             raise ArrayError("normalisation statistics are not finite", hint="check the image intensities")
         per_layer.append(float(np.mean(kl)))
     return float(np.mean(per_layer))
-
-
-def cosine_distance(a, b) -> np.ndarray:
-    """Pairwise ``1 - cos`` between rows of ``a (n, D)`` and ``b (m, D)`` -> ``(n, m)`` in ``[0, 2]``."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), EPS)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), EPS)
-    return np.clip(1.0 - a @ b.T, 0.0, 2.0)
 
 
 def diversity(z, reference) -> np.ndarray:
@@ -440,51 +430,6 @@ def typicality(z, neighbours: int = 20) -> np.ndarray:
     return 1.0 / (np.sort(d, axis=1)[:, :k].mean(axis=1) + EPS)
 
 
-def _kmeans_labels(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    from scipy.cluster.vq import kmeans2
-    rng = np.random.default_rng(seed)
-    try:
-        _, labels = kmeans2(x, k, minit="++", rng=rng)
-    except TypeError:  # SciPy before 1.15 (Slicer 5.6/5.8's Python 3.9) calls it seed
-        _, labels = kmeans2(x, k, minit="++", seed=rng)
-    return labels
-
-
-def _cluster_picks(z: np.ndarray, labeled_z: np.ndarray, budget: int, seed: int,
-                   utility: np.ndarray, typ: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """TypiClust's coverage: b picks, each from the largest k-means cluster of U ∪ L that holds no L or S case.
-
-    U ∪ L is clustered into ``|L| + b`` clusters of the L2-normalised embeddings.
-    Within the chosen cluster the pick is the case of highest ``utility``
-    (ties: higher ``typ``, then lower index); once every cluster is covered,
-    the highest utility left.  Returns ``(picked, cluster id of each pool case)``.
-    """
-    n = z.shape[0]
-    allz = np.concatenate([z, labeled_z]) if labeled_z.shape[0] else z
-    allz = allz / np.maximum(np.linalg.norm(allz, axis=1, keepdims=True), EPS)
-    k = min(labeled_z.shape[0] + min(budget, n), allz.shape[0])
-    labels = _kmeans_labels(allz, k, seed) if k > 1 else np.zeros(allz.shape[0], int)
-    pool_labels = labels[:n]
-    covered = set(labels[n:].tolist())
-    available = np.ones(n, bool)
-    # one rank for (utility, typicality, -index): larger is better
-    merit = np.empty(n)
-    merit[np.lexsort((-np.arange(n), typ, utility))] = np.arange(n)
-    picked: list[int] = []
-    for _ in range(min(budget, n)):
-        sizes = {c: int(np.sum(labels == c)) for c in set(pool_labels[available].tolist()) if c not in covered}
-        if sizes:  # the largest uncovered cluster (ties: lower cluster id)
-            cluster = max(sorted(sizes), key=lambda c: sizes[c])
-            members = available & (pool_labels == cluster)
-        else:      # every cluster covered: the best case left
-            cluster, members = None, available
-        i = int(np.argmax(np.where(members, merit, -np.inf)))
-        picked.append(i)
-        available[i] = False
-        covered.add(int(pool_labels[i]) if cluster is None else cluster)
-    return picked, pool_labels
-
-
 def typical_select(z, labeled_z, budget: int, seed: int = 0, neighbours: int = 20) -> Selection:
     """TypiClust (Hacohen et al., ICML 2022): representative cases for very small budgets.
 
@@ -502,7 +447,7 @@ def typical_select(z, labeled_z, budget: int, seed: int = 0, neighbours: int = 2
     if n == 0:
         return Selection(order=[], picked=[], components={"typicality": np.zeros(0), "cluster": np.zeros(0)})
     typ = typicality(z, neighbours)
-    picked, pool_labels = _cluster_picks(z, labeled_z, budget, seed, typ, typ)
+    picked, pool_labels = cluster_picks(z, labeled_z, budget, seed, typ, typ)
     rest = np.setdiff1d(np.arange(n), picked)
     rest = rest[np.lexsort((rest, -typ[rest]))]
     return Selection(order=picked + rest.tolist(), picked=picked,
@@ -533,7 +478,7 @@ def clustered_select(base, z, labeled_z, budget: int, seed: int = 0, neighbours:
                          components={k: np.zeros(0) for k in ("base", "typicality", "q", "cluster")})
     typ = typicality(z, neighbours)
     q = base * rank_normalize(typ)
-    picked, pool_labels = _cluster_picks(z, labeled_z, budget, seed, q, typ)
+    picked, pool_labels = cluster_picks(z, labeled_z, budget, seed, q, typ)
     rest = np.setdiff1d(np.arange(n), picked)
     rest = rest[np.lexsort((rest, -typ[rest], -q[rest]))]
     return Selection(order=picked + rest.tolist(), picked=picked,

@@ -3,7 +3,8 @@
 :func:`finetune_round` trains the next model version of a workspace on its
 labeled volumes (minus a held-out fold, :func:`holdout_fold`) plus the
 SSFT-selected pseudo-labeled ones (:mod:`ASSFTLib.pseudo`), records the
-held-out Dice as the quality signal, and registers the new checkpoint only
+held-out Dice and the previous model's Dice on the labels it never trained
+on as the quality signals, and registers the new checkpoint only
 when the round ends. The round's plan (which cases train, which are held out,
 which pseudo-labels join) is fixed when it starts and kept on resume.
 """
@@ -426,9 +427,9 @@ def _segmentation_loss(network: nn.Module, next_batch: Callable[[int], dict], ps
 
 def _new_label_dice(ws, start: _Start, unseen: Sequence[str], settings: Settings,
                     progress: Progress) -> Dict[str, float]:
-    """The start model's Dice on the labels it never trained on (before any step, so the round does not
-    train only to fail here). A quality number and no more: when it cannot be measured the round warns
-    and goes on without it."""
+    """The start model's Dice on the labels it never trained on, measured before any step. A quality
+    number and no more: when it cannot be measured (e.g. out of memory) the round warns and trains
+    without it."""
     if not unseen or start.teacher is None:
         return {}
     if progress is not None:

@@ -241,7 +241,8 @@ def unseen_labels(ws, start: _Start, labeled: Sequence[str]) -> List[str]:
     if "trained_on" not in metrics:
         return []
     seen = set(metrics["trained_on"]) | set(metrics.get("pseudo_ids") or [])
-    unseen = [ws.case(c) for c in labeled if c not in seen]
+    wanted = set(labeled) - seen
+    unseen = [c for c in ws.cases("labeled") if c.case_id in wanted]  # one query, not one per case
     latest = sorted(unseen, key=lambda c: (c.labeled_at or "", c.case_id))[-NEW_LABEL_EVAL_MAX:]
     return sorted(c.case_id for c in latest)
 

@@ -13,11 +13,13 @@ EPS = 1e-8
 
 def cosine_distance(a, b) -> np.ndarray:
     """Pairwise ``1 - cos`` between rows of ``a (n, D)`` and ``b (m, D)`` -> ``(n, m)`` in ``[0, 2]``."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), EPS)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), EPS)
-    return np.clip(1.0 - a @ b.T, 0.0, 2.0)
+    return np.clip(1.0 - unit_rows(a) @ unit_rows(b).T, 0.0, 2.0)
+
+
+def unit_rows(x) -> np.ndarray:
+    """The rows of ``x (n, D)`` scaled to unit L2 norm (float64; a zero row stays zero)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
 
 
 def kmeans_labels(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -41,21 +43,21 @@ def cluster_picks(z: np.ndarray, labeled_z: np.ndarray, budget: int, seed: int,
     the highest utility left.  Returns ``(picked, cluster id of each pool case)``.
     """
     n = z.shape[0]
-    allz = np.concatenate([z, labeled_z]) if labeled_z.shape[0] else z
-    allz = allz / np.maximum(np.linalg.norm(allz, axis=1, keepdims=True), EPS)
+    allz = unit_rows(np.concatenate([z, labeled_z]) if labeled_z.shape[0] else z)
     k = min(labeled_z.shape[0] + min(budget, n), allz.shape[0])
     labels = kmeans_labels(allz, k, seed) if k > 1 else np.zeros(allz.shape[0], int)
     pool_labels = labels[:n]
     covered = set(labels[n:].tolist())
+    size = np.bincount(labels, minlength=k)  # of U ∪ L: fixed while picking
     available = np.ones(n, bool)
     # one rank for (utility, typicality, -index): larger is better
     merit = np.empty(n)
     merit[np.lexsort((-np.arange(n), typ, utility))] = np.arange(n)
     picked: list[int] = []
     for _ in range(min(budget, n)):
-        sizes = {c: int(np.sum(labels == c)) for c in set(pool_labels[available].tolist()) if c not in covered}
-        if sizes:  # the largest uncovered cluster (ties: lower cluster id)
-            cluster = max(sorted(sizes), key=lambda c: sizes[c])
+        open_ = sorted(set(pool_labels[available].tolist()) - covered)
+        if open_:  # the largest uncovered cluster (ties: lower cluster id)
+            cluster = max(open_, key=lambda c: size[c])
             members = available & (pool_labels == cluster)
         else:      # every cluster covered: the best case left
             cluster, members = None, available

@@ -7,7 +7,8 @@ runs (it keeps each arm's workspace, with a model per round, under ``runs/``).
 
 - *held-out Dice* (the product's default from 5 labels, ``kfold_min_labels``): the new
   model on the labels held out of its round. Read from the units run with
-  ``--set kfold_min_labels=5``; set against that model's test Dice.
+  ``--set kfold_min_labels=5`` (random's arm and, where it ran, ASSFT's); set against that
+  model's test Dice.
 - *new-label Dice* (``new_label_dice``, costs no label): the model that ranked a round's
   volumes, on those volumes once labeled. Recomputed here from the kept models of the
   units run without a hold-out (rounds of the current code record it themselves); set
@@ -56,9 +57,9 @@ def new_label_rows(out: Path, unit_file: Path, arm: str) -> list[dict]:
     return rows
 
 
-def heldout_rows(unit_file: Path) -> list[dict]:
+def heldout_rows(unit_file: Path, arm: str) -> list[dict]:
     """Per round that held labels out: the new model's held-out Dice and its test Dice."""
-    rounds = json.loads(unit_file.read_text())["strategies"]["random"]["rounds"]
+    rounds = json.loads(unit_file.read_text())["strategies"][arm]["rounds"]
     return [{"model_labels": r["labels"], "model_test_dice": r["dice"], "signal": r["quality"]["heldout_dice"],
              "held_out": r["quality"]["heldout"]} for r in rounds if r.get("quality")]
 
@@ -79,8 +80,10 @@ def main(argv=None) -> int:
         if m is None:
             continue
         strategies = json.loads(unit_file.read_text())["strategies"]
-        if m["variant"] == "_set-kfold_min_labels=5" and "random" in strategies:
-            table.setdefault("held-out Dice, random", {})[unit_file.stem] = heldout_rows(unit_file)
+        if m["variant"] == "_set-kfold_min_labels=5":
+            for arm in ("random", "assft"):
+                if arm in strategies:
+                    table.setdefault(f"held-out Dice, {arm}", {})[unit_file.stem] = heldout_rows(unit_file, arm)
         elif m["variant"] is None:
             for arm in ("random", "assft"):
                 if arm in strategies:

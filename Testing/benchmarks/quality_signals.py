@@ -27,6 +27,7 @@ import numpy as np
 
 from ASSFTLib.benchmark import provenance, write_json
 
+ARMS = ("random", "assft")
 UNIT = re.compile(r"^(?P<setting>[a-z]+)_validation(?P<variant>_set-.+?)?_seed(?P<seed>\d+)$")
 
 
@@ -57,9 +58,8 @@ def new_label_rows(out: Path, unit_file: Path, arm: str) -> list[dict]:
     return rows
 
 
-def heldout_rows(unit_file: Path, arm: str) -> list[dict]:
+def heldout_rows(rounds: list[dict]) -> list[dict]:
     """Per round that held labels out: the new model's held-out Dice and its test Dice."""
-    rounds = json.loads(unit_file.read_text())["strategies"][arm]["rounds"]
     return [{"model_labels": r["labels"], "model_test_dice": r["dice"], "signal": r["quality"]["heldout_dice"],
              "held_out": r["quality"]["heldout"]} for r in rounds if r.get("quality")]
 
@@ -80,15 +80,15 @@ def main(argv=None) -> int:
         if m is None:
             continue
         strategies = json.loads(unit_file.read_text())["strategies"]
-        if m["variant"] == "_set-kfold_min_labels=5":
-            for arm in ("random", "assft"):
-                if arm in strategies:
-                    table.setdefault(f"held-out Dice, {arm}", {})[unit_file.stem] = heldout_rows(unit_file, arm)
-        elif m["variant"] is None:
-            for arm in ("random", "assft"):
-                if arm in strategies:
-                    table.setdefault(f"new-label Dice, {arm}", {})[unit_file.stem] = new_label_rows(
-                        args.out, unit_file, arm)
+        for arm in ARMS:
+            if arm not in strategies:
+                continue
+            if m["variant"] == "_set-kfold_min_labels=5":
+                table.setdefault(f"held-out Dice, {arm}", {})[unit_file.stem] = heldout_rows(
+                    strategies[arm]["rounds"])
+            elif m["variant"] is None:
+                table.setdefault(f"new-label Dice, {arm}", {})[unit_file.stem] = new_label_rows(
+                    args.out, unit_file, arm)
     summary = {}
     for name, units in table.items():
         rows = [r for unit in units.values() for r in unit]

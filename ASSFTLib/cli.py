@@ -47,6 +47,8 @@ RESUME_HINTS = {
     "import_labels": "the labels listed as imported are saved; run the same command again for the rest "
                      "(add --replace only to overwrite on purpose)",
     "pseudo": "pseudo-labels listed as written are saved; run the same command again for the rest",
+    "benchmark_label_efficiency": "the arms finished so far are kept in --out: run the same command again to "
+                                  "continue",
 }
 
 
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         how = "stopped (SIGTERM)" if str(exc) == "SIGTERM" else "interrupted"
-        hint = RESUME_HINTS.get(args.command.replace("-", "_"))
+        hint = RESUME_HINTS.get("_".join(filter(None, (args.command, getattr(args, "benchmark", None))))
+                                .replace("-", "_"))
         print(f"{name}: {how}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 143 if str(exc) == "SIGTERM" else 130
     except BrokenPipeError:

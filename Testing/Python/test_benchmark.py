@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from collections import Counter
 
 import numpy as np
@@ -476,3 +477,77 @@ def test_ablation_table_pairs_every_variant_arm_with_the_default_random_by_seed(
     assert rows[("set-warm_lr_ratio=0.1", "assft")]["nauc_vs_random"]["mean"] == pytest.approx(0.05)
     assert rows[("default", "random")]["nauc_per_seed"] == pytest.approx(
         [normalized_auc(np.array(labels, float), np.array(base[s])) for s in (0, 1)])
+
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is ``pid`` (Linux /proc)."""
+    from pathlib import Path
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    from pathlib import Path
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the unit processes from /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stopped_parallel_run_stops_its_unit_processes_too(hippo_dir, tmp_path, how):
+    """With --jobs 2 a stop used to wait for every queued unit (hours on `full`): the pool swallowed the signal.
+
+    Two seeds make four units for two processes: the signal comes once seed 0's units run and seed 1's wait in
+    the queue (their foundation is built), and seed 1's must then never start."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+    args = [sys.executable, "-m", "ASSFTLib.cli", "benchmark", "label-efficiency", "--data", str(hippo_dir),
+            "--profile", "quick", "--seeds", "2", "--strategies", "random,assft", "--threads", "1", "--jobs", "2",
+            "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    try:
+        started = set()
+        for line in proc.stdout:  # seed 0's units are running in their processes once each reports its cold start
+            if "seed 0: cold start by" in line:
+                started.add(line.split()[0])
+            if len(started) == 2:
+                break
+        units = _children(proc.pid)
+        assert len(started) == 2 and len(units) == 2, (started, units)
+        for _ in range(600):  # seed 1's units are queued as soon as its foundation is built
+            if list((tmp_path / "cache" / "foundation").glob("pretrained_seed1_*.pt")):
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:  # a terminal's Ctrl-C reaches every process of the foreground group
+            os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == (143 if how == "SIGTERM" else 130), err
+    assert ("stopped (SIGTERM)" if how == "SIGTERM" else "interrupted") in err
+    assert "run the same command again to continue" in err
+    assert "seed 1: cold start" not in out  # the queued units were cancelled, not run
+    assert not {pid for pid in units if _running(pid)}  # no unit process left running
+    # stopped, not finished: no unit got as far as its upper bound
+    for unit in (tmp_path / "units").glob("*.json"):
+        assert not json.loads(unit.read_text()).get("upper_bound")

@@ -109,12 +109,17 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
             if jobs > 1 and todo:
                 # seed-major: the foundation of seed s+1 is built while the units of seed s run
                 from concurrent.futures import ProcessPoolExecutor
-                with ProcessPoolExecutor(max_workers=jobs) as pool:
-                    futures = [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed,
-                                           foundation_model(cfg, seed, first), foundation, cold_start, variant, upper)
-                               for seed, s in todo]
-                    for f in futures:
-                        f.result()
+                with ProcessPoolExecutor(max_workers=jobs, initializer=_unit_process_signals) as pool:
+                    try:
+                        futures = [pool.submit(_unit_in_process, out, profile, base, prepared[s], seed,
+                                               foundation_model(cfg, seed, first), foundation, cold_start, variant,
+                                               upper)
+                                   for seed, s in todo]
+                        for f in futures:
+                            f.result()
+                    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (cli): stop now, not after every queued unit
+                        _stop_pool(pool)
+                        raise
             else:
                 for seed, s in todo:
                     run_unit(cfg, prepared[s], seed, foundation_model(cfg, seed, first), upper=upper)
@@ -194,6 +199,28 @@ def result_stem(profile: str, foundation: str = "self-supervised", evaluation: s
     extra = [x for x, default in ((foundation, "self-supervised"), (evaluation, "test")) if x != default]
     extra += ([f"cold-{cold_start}"] if cold_start else []) + ([variant] if variant else [])
     return "_".join(["label_efficiency", profile, *extra])
+
+
+def _unit_process_signals() -> None:
+    """A unit's process dies on SIGTERM and leaves Ctrl-C to the main process, which stops the whole pool.
+
+    Inherited as is, the CLI's handlers would turn either signal into an exception that the pool hands back as
+    the unit's result, and the process would go on with the next queued unit.  The arms a unit finished are
+    already on disk; the one it was running starts again on the next run.
+    """
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(pool) -> None:
+    """Cancel the queued units and terminate the running ones (``pool.shutdown`` alone waits for them)."""
+    # the processes have no public handle before Python 3.14 (``terminate_workers``); taken before shutdown,
+    # which forgets them
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def _unit_in_process(out: Path, profile: Profile, base: Settings, prepared: Prepared, seed: int,

@@ -519,8 +519,10 @@ def test_a_stopped_parallel_run_stops_its_unit_processes_too(hippo_dir, tmp_path
             "--profile", "quick", "--seeds", "2", "--strategies", "random,assft", "--threads", "1", "--jobs", "2",
             "--out", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    err_path = tmp_path / "stderr.txt"  # a file, not a pipe: stdout alone is read while the run goes on
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env,
+                                cwd=Path(__file__).resolve().parents[2], start_new_session=True)
     try:
         started = set()
         for line in proc.stdout:  # seed 0's units are running in their processes once each reports its cold start
@@ -539,10 +541,11 @@ def test_a_stopped_parallel_run_stops_its_unit_processes_too(hippo_dir, tmp_path
             proc.send_signal(signal.SIGTERM)
         else:  # a terminal's Ctrl-C reaches every process of the foreground group
             os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    err = err_path.read_text()
     assert proc.returncode == (143 if how == "SIGTERM" else 130), err
     assert ("stopped (SIGTERM)" if how == "SIGTERM" else "interrupted") in err
     assert "run the same command again to continue" in err

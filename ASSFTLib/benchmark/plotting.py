@@ -29,6 +29,19 @@ def dice_axis_range(values) -> tuple:
     return low, max(high, min(1.0, low + 0.1))
 
 
+def panel_title(setting: str, entry: dict) -> str:
+    """A panel's title: the setting and how many seeds its curves are over.
+
+    A partial run has seeds whose foundation or upper bound is done but no arm
+    yet; those are named apart so the title does not overstate the curves' n.
+    """
+    started = len(entry.get("seeds") or [])
+    with_arms = max((s.get("n_seeds", 0) for s in entry.get("strategies", {}).values()), default=0)
+    if with_arms == started:
+        return f"hippo-{setting} (seeds: {started})"
+    return f"hippo-{setting} (seeds: {with_arms} with arms, {started} started)"
+
+
 def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> Path:
     """Test Dice vs number of labels, one panel per setting: mean over seeds with a ±1 SD band.
 
@@ -63,7 +76,7 @@ def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> P
                        label=f"upper bound: all {entry.get('upper_bound_labels') or ''} pool labels")
             ax.axhspan(ub["mean"] - ub["sd"], ub["mean"] + ub["sd"], color="k", alpha=0.06, lw=0)
             ax.axhline(0.95 * ub["mean"], color="k", ls=":", lw=0.8, label="95% of upper bound")
-        ax.set_title(f"hippo-{setting} (seeds: {len(entry['seeds'])})")
+        ax.set_title(panel_title(setting, entry))
         ax.set_xlabel("labeled target volumes")
         ax.set_ylabel("test Dice (mean of anterior, posterior)")
         ax.set_ylim(*dice_axis_range(shown))

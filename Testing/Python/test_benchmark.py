@@ -444,6 +444,16 @@ def test_dice_axis_is_zoomed_to_the_curves_on_a_tenth_grid():
     assert dice_axis_range([]) == (0.0, 1.0)
 
 
+def test_panel_title_counts_the_seeds_that_have_curves_not_the_seeds_started():
+    """A partial run: seeds 1-2 have a foundation but no arm yet; the curves are over one seed."""
+    from ASSFTLib.benchmark.plotting import panel_title
+    partial = {"seeds": [0, 1, 2], "strategies": {"random": {"n_seeds": 1}, "assft": {"n_seeds": 1}}}
+    assert panel_title("plain", partial) == "hippo-plain (seeds: 1 with arms, 3 started)"
+    done = {"seeds": [0, 1, 2], "strategies": {"random": {"n_seeds": 3}, "assft": {"n_seeds": 2}}}
+    assert panel_title("multisite", done) == "hippo-multisite (seeds: 3)"
+    assert panel_title("plain", {"seeds": [0], "strategies": {}}) == "hippo-plain (seeds: 0 with arms, 1 started)"
+
+
 def test_ablation_table_pairs_every_variant_arm_with_the_default_random_by_seed(tmp_path):
     """Testing/benchmarks/ablation_table.py: a variant that changes training (warm_lr_ratio) changes random's
     curve too, so random under a variant is a row of its own, paired with the default random seed by seed."""

@@ -86,6 +86,20 @@ def test_summary_means_spread_auc_and_labels_to_target():
     assert re.search(r"random\s+3\s+0\.", table), "each arm's row says how many seeds it ran"
 
 
+def test_table_prints_a_half_label_mean_as_it_is_not_rounded_to_a_count():
+    # each seed reaches 95 % of its upper bound (0.8) at the label count given: 6, 8, 8, 8 average 7.5 and
+    # 2, 2, 2, 4 average 2.5, which Python's round printed as "8" and "2"
+    def unit(seed, reach_at):
+        dices = [0.9 if 2 * (i + 1) >= reach_at else 0.5 for i in range(5)]
+        return _unit("plain", seed, dices, 0.8)
+    table = le.format_table(le.summarize([unit(s, r) for s, r in enumerate([6, 8, 8, 8])]))
+    assert "7.5 (4/4)" in table
+    table = le.format_table(le.summarize([unit(s, r) for s, r in enumerate([2, 2, 2, 4])]))
+    assert "2.5 (4/4)" in table
+    table = le.format_table(le.summarize([unit(s, r) for s, r in enumerate([6, 8])]))
+    assert "7 (2/2)" in table and "7.0 (2/2)" not in table
+
+
 def test_summary_pairs_each_arm_with_random_by_seed():
     units = [_unit("plain", 0, [0.2, 0.5, 0.8], 0.8), _unit("plain", 1, [0.4, 0.7, 0.7], 0.8)]
     better = {0: [0.3, 0.6, 0.8], 1: [0.4, 0.8, 0.8]}  # nAUC 0.575 and 0.7 vs random's 0.5 and 0.625

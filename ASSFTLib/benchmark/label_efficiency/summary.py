@@ -111,13 +111,19 @@ def format_table(summary: dict) -> str:
                 row += f" {_fmt(s['dice_at'].get(str(n))):>13}"
             reach = s["labels_to_95"]
             of = reach.get("of", s["n_seeds"])
-            text = (f"{reach['mean_when_reached']:.0f} ({reach['reached']}/{of})" if reach["reached"]
+            text = (f"{_label_count(reach['mean_when_reached'])} ({reach['reached']}/{of})" if reach["reached"]
                     else f"> {int(max(s['labels']))} (0/{of})" if of else "no UB yet")
             diff = s.get("nauc_vs_random")
             paired = "-" if not diff else f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
             lines.append(row + f" {text:>14} {paired:>26}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _label_count(mean: float) -> str:
+    """A mean label count as printed: whole when it is (6), else one decimal (7.5), never rounded to a count
+    no seed needed (Python's round gives 8 for 7.5 and 2 for 2.5)."""
+    return f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
 
 
 def _fmt(stat: dict | None) -> str:

@@ -42,11 +42,17 @@ def panel_title(setting: str, entry: dict) -> str:
     return f"hippo-{setting} (seeds: {with_arms} with arms, {started} started)"
 
 
-def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> Path:
-    """Test Dice vs number of labels, one panel per setting: mean over seeds with a ±1 SD band.
+def dice_axis_label(evaluation: str = "test") -> str:
+    """The y axis names the cases the curves were measured on: the test split, or the validation split."""
+    return f"{evaluation} Dice (mean of anterior, posterior)"
+
+
+def plot_label_efficiency(summary: dict, path: str | Path, title: str = "", evaluation: str = "test") -> Path:
+    """Dice on the evaluation cases vs number of labels, one panel per setting: mean over seeds with a ±1 SD band.
 
     summary: :func:`label_efficiency.summarize` output.  The upper bound (all
-    pool labels) is a dashed line with its own band.
+    pool labels) is a dashed line with its own band.  evaluation: ``test`` or
+    ``validation``, the cases the Dice was measured on (the y axis says which).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -78,7 +84,7 @@ def plot_label_efficiency(summary: dict, path: str | Path, title: str = "") -> P
             ax.axhline(0.95 * ub["mean"], color="k", ls=":", lw=0.8, label="95% of upper bound")
         ax.set_title(panel_title(setting, entry))
         ax.set_xlabel("labeled target volumes")
-        ax.set_ylabel("test Dice (mean of anterior, posterior)")
+        ax.set_ylabel(dice_axis_label(evaluation))
         ax.set_ylim(*dice_axis_range(shown))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

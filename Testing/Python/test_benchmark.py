@@ -458,6 +458,25 @@ def test_dice_axis_is_zoomed_to_the_curves_on_a_tenth_grid():
     assert dice_axis_range([]) == (0.0, 1.0)
 
 
+def test_the_dice_axis_says_validation_when_the_curves_are_on_the_validation_split(tmp_path, monkeypatch):
+    # a validation run's plot said "test Dice" on its axis
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from ASSFTLib.benchmark.plotting import plot_label_efficiency
+    units = [_unit("multisite", 0, [0.5, 0.6, 0.7], 0.8)]
+    seen, real_savefig = [], plt.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):  # read the axis the figure is saved with
+        seen.append(fig.axes[0].get_ylabel())
+        return real_savefig(fig, *args, **kwargs)
+    monkeypatch.setattr(plt.Figure, "savefig", savefig)
+    plot_label_efficiency(le.summarize(units), tmp_path / "v.png", evaluation="validation")
+    plot_label_efficiency(le.summarize(units), tmp_path / "t.png")
+    assert seen[0].startswith("validation Dice") and seen[1].startswith("test Dice")
+    assert (tmp_path / "v.png").stat().st_size > 0
+
+
 def test_panel_title_counts_the_seeds_that_have_curves_not_the_seeds_started():
     """A partial run: seeds 1-2 have a foundation but no arm yet; the curves are over one seed."""
     from ASSFTLib.benchmark.plotting import panel_title

@@ -146,7 +146,8 @@ def run(data: Path, out: Path, profile: Profile, settings_names: Sequence[str] =
     # the suffix is appended, not swapped: a variant such as ``set-query_weight=0.8`` has a dot in its name
     write_json(stem.parent / f"{stem.name}.json", result)
     plot_label_efficiency(summary, stem.parent / f"{stem.name}.png",
-                          title=f"label efficiency ({profile.name} profile, {foundation} foundation, {evaluation})")
+                          title=f"label efficiency ({profile.name} profile, {foundation} foundation, {evaluation})",
+                          evaluation=evaluation)
     return result
 
 

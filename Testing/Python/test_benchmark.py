@@ -564,8 +564,11 @@ def test_a_stopped_parallel_run_stops_its_unit_processes_too(hippo_dir, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     err_path = tmp_path / "stderr.txt"  # a file, not a pipe: stdout alone is read while the run goes on
     with open(err_path, "w") as err_file:
+        # a terminal's foreground run has Ctrl-C at its default; a suite started in the background by a
+        # non-interactive shell (`... &`) inherits SIGINT ignored, and Python then installs no handler for it
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env,
-                                cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+                                cwd=Path(__file__).resolve().parents[2], start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         started = set()
         for line in proc.stdout:  # seed 0's units are running in their processes once each reports its cold start

@@ -563,12 +563,17 @@ def test_a_stopped_parallel_run_stops_its_unit_processes_too(hippo_dir, tmp_path
             "--out", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     err_path = tmp_path / "stderr.txt"  # a file, not a pipe: stdout alone is read while the run goes on
-    with open(err_path, "w") as err_file:
-        # a terminal's foreground run has Ctrl-C at its default; a suite started in the background by a
-        # non-interactive shell (`... &`) inherits SIGINT ignored, and Python then installs no handler for it
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env,
-                                cwd=Path(__file__).resolve().parents[2], start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a terminal's foreground run has Ctrl-C at its default; a suite started in the background by a
+    # non-interactive shell (`... &`) has SIGINT ignored, which the CLI would inherit (Python then installs no
+    # handler for it). Caught here for the moment of the start, it is at its default in the child after exec
+    # (no preexec_fn: not safe in a process with threads, as this one with torch's).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open(err_path, "w") as err_file:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env,
+                                    cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         started = set()
         for line in proc.stdout:  # seed 0's units are running in their processes once each reports its cold start
